@@ -1,0 +1,186 @@
+"""One ComfyUI execution, top to bottom: inputs in, prompt queued, events followed, outputs out.
+
+Knows nothing of GmAnimato, polling or processes: the caller gives an :class:`ExecutionRequest` (the
+workflow, its input files, the prompt id it chose) and :class:`ExecutionDeps` (the ComfyUI client, the
+output store, a progress callback and an abort check) and gets a :class:`Result`, or a
+:class:`~handler.errors.WorkerError` that says what went wrong and whether retrying can help.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import requests
+
+from handler import outputs as out
+from handler import watch as w
+from handler.comfy_client import ComfyClient, node_error_lines
+from handler.comfy_events import EventStream
+from handler.errors import ComfyUnavailable, ExecutionFailed, NoVideoProduced
+from handler.inputs import load_input
+from handler.storage import OutputStore
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[dict, bool], None]   # (progress snapshot, node changed)
+AbortCheck = Callable[[], "str | None"]           # a reason to stop now, or None
+
+RECONNECT_DELAYS = (0.2, 0.5, 1.0, 1.5)           # about 3 s of tries before ComfyUI counts as gone
+HISTORY_WAIT = 3.0                                # /history can be {} for a moment after success
+SILENCE_CHECK = 10.0                              # no frame this long: check /history and /queue
+
+
+@dataclass(frozen=True)
+class ExecutionRequest:
+    workflow: Mapping[str, Any] = field(repr=False)
+    inputs: tuple = ()                    # objects with .name and .source (worker.jobs.task.InputFile)
+    node_weights: Mapping[str, float] = field(default_factory=dict)
+    key_prefix: str = ""                  # S3 key prefix: the job id
+    prompt_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    label: str = ""                       # for log lines and messages
+
+
+@dataclass
+class ExecutionDeps:
+    comfy: ComfyClient
+    store: OutputStore
+    session: requests.Session
+    on_progress: ProgressCallback = lambda snapshot, changed: None
+    abort: AbortCheck = lambda: None
+    job_timeout: float = 1500.0
+    client_id: str = field(default_factory=lambda: f"gmanimato-worker-{uuid.uuid4().hex[:12]}")
+    receive_tick: float = 0.25
+
+
+@dataclass(frozen=True)
+class Result:
+    prompt_id: str
+    files: list[dict]
+    seconds: float
+
+
+def run_job(request: ExecutionRequest, deps: ExecutionDeps) -> Result:
+    """Run ``request`` on ComfyUI and store its outputs; raises a WorkerError on any failure."""
+    started = time.monotonic()
+    upload_inputs(request, deps)
+    with EventStream(deps.comfy.ws_url, deps.client_id) as stream:
+        node_errors = deps.comfy.queue_prompt(request.workflow, deps.client_id, request.prompt_id)
+        warn_partial(request, node_errors)
+        watch = follow_prompt(stream, w.start_watch(request.prompt_id, request.workflow,
+                                                    request.node_weights), deps)
+    refs = confirm_outputs(watch, deps)
+    files = store_outputs(refs, request, deps, node_errors)
+    return Result(prompt_id=request.prompt_id, files=files, seconds=time.monotonic() - started)
+
+
+def upload_inputs(request: ExecutionRequest, deps: ExecutionDeps) -> None:
+    for item in request.inputs:
+        data = load_input(item.name, item.source, deps.session)
+        deps.comfy.upload_input(item.name, data)
+        log.debug("%s: uploaded input %s (%d bytes)", request.label, item.name, len(data))
+
+
+def warn_partial(request: ExecutionRequest, node_errors: Mapping[str, Any]) -> None:
+    for line in node_error_lines(node_errors):
+        log.warning("%s: ComfyUI accepted the prompt but will skip an output: %s", request.label, line)
+
+
+def follow_prompt(stream: EventStream, watch: w.PromptWatch, deps: ExecutionDeps) -> w.PromptWatch:
+    """Fold events until the prompt succeeds; raise on error, interrupt, abort, timeout or loss."""
+    deadline = time.monotonic() + deps.job_timeout
+    last_event = time.monotonic()
+    while not watch.done:
+        check_abort(watch, deps, deadline)
+        try:
+            event = stream.receive(deps.receive_tick)
+        except ComfyUnavailable:
+            watch = recover_stream(stream, watch, deps)
+            last_event = time.monotonic()
+            continue
+        if event is not None:
+            last_event = time.monotonic()
+            watch = report_progress(watch, w.apply_event(watch, event), deps)
+        elif time.monotonic() - last_event > SILENCE_CHECK:
+            watch = catch_up(watch, deps)      # frames can be lost (reconnects): ask ComfyUI directly
+            last_event = time.monotonic()
+    if watch.outcome != w.SUCCEEDED:
+        raise ExecutionFailed(*w.describe_failure(watch))
+    return watch
+
+
+def check_abort(watch: w.PromptWatch, deps: ExecutionDeps, deadline: float) -> None:
+    reason = deps.abort()
+    if reason:
+        deps.comfy.interrupt(watch.prompt_id)
+        raise ComfyUnavailable(f"{reason} while running {watch.describe_node(watch.current_node)}")
+    if time.monotonic() > deadline:
+        deps.comfy.interrupt(watch.prompt_id)
+        raise ExecutionFailed(f"prompt ran longer than {deps.job_timeout:g} s (comfy.job_timeout) and was "
+                              f"interrupted at {watch.describe_node(watch.current_node)}")
+
+
+def report_progress(old: w.PromptWatch, new: w.PromptWatch, deps: ExecutionDeps) -> w.PromptWatch:
+    if new.progress != old.progress and not new.done:
+        deps.on_progress(new.progress.snapshot(), new.current_node != old.current_node)
+    return new
+
+
+def recover_stream(stream: EventStream, watch: w.PromptWatch, deps: ExecutionDeps) -> w.PromptWatch:
+    """The socket dropped: reconnect (briefly), then learn from /history or /queue what we missed."""
+    where = watch.describe_node(watch.current_node)
+    for delay in RECONNECT_DELAYS:
+        time.sleep(delay)
+        reason = deps.abort()
+        if reason:
+            raise ComfyUnavailable(f"{reason} while running {where}")
+        try:
+            stream.connect()
+        except ComfyUnavailable:
+            continue
+        return catch_up(watch, deps)
+    reason = deps.abort()
+    raise ComfyUnavailable(f"{reason or f'ComfyUI at {deps.comfy.base_url} went away'} while running {where}")
+
+
+def catch_up(watch: w.PromptWatch, deps: ExecutionDeps) -> w.PromptWatch:
+    entry = deps.comfy.history(watch.prompt_id)
+    if entry is not None:
+        return w.apply_history(watch, entry)
+    if not deps.comfy.is_queued(watch.prompt_id):
+        raise ComfyUnavailable(f"ComfyUI at {deps.comfy.base_url} restarted and lost the prompt while "
+                               f"running {watch.describe_node(watch.current_node)}")
+    log.info("prompt %s: websocket reconnected, prompt still running", watch.prompt_id)
+    return watch
+
+
+def confirm_outputs(watch: w.PromptWatch, deps: ExecutionDeps) -> list[out.OutputRef]:
+    """Output files named by the ``executed`` frames, confirmed (or completed) by ``/history``."""
+    entry = None
+    deadline = time.monotonic() + HISTORY_WAIT
+    while entry is None and time.monotonic() < deadline:
+        entry = deps.comfy.history(watch.prompt_id)
+        if entry is None:
+            if watch.executed:
+                break
+            time.sleep(0.05)
+    history_outputs = entry.get("outputs") if isinstance(entry, dict) else None
+    return out.collect_outputs(watch.executed, history_outputs if isinstance(history_outputs, dict) else None)
+
+
+def store_outputs(refs: list[out.OutputRef], request: ExecutionRequest, deps: ExecutionDeps,
+                  node_errors: Mapping[str, Any]) -> list[dict]:
+    if not any(ref.is_video for ref in refs):
+        skipped = node_error_lines(node_errors)
+        raise NoVideoProduced(out.describe_missing_video(refs) +
+                              (f" (ComfyUI skipped outputs: {'; '.join(skipped)})" if skipped else ""),
+                              skipped)
+    files = []
+    for ref in refs:
+        data = deps.comfy.fetch_output(ref.filename, ref.subfolder, ref.type)
+        files.append(deps.store.store(request.key_prefix, ref.delivery_name, data))
+        log.debug("%s: stored %s (%d bytes)", request.label, ref.delivery_name, len(data))
+    return files

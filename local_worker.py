@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""The original single-worker command line: one worker, in this process, against one ComfyUI.
+
+    python local_worker.py --api-url http://gmanimato:5173 --poll-interval 5 --max-retries 3 --debug
+
+ComfyUI is the one at ``COMFY_HOST`` (default ``127.0.0.1:8188``); storage comes from ``BUCKET_*``;
+the secret from ``WORKER_TASK_SECRET``. ``--config`` may name a config.yaml for everything else.
+SIGTERM or Ctrl-C finishes the running job first; a second one stops at once (the job is reported
+failed). A file named by ``WORKER_SENTINEL_FILE`` (default ``.worker_stop``) also stops it cleanly.
+"""
+from __future__ import annotations
+
+import queue
+import signal
+import sys
+import threading
+
+import click
+
+from worker import exits
+from worker.config import ConfigError, comfy_base_url, load_config
+from worker.jobs.loop import SlotSpec, Worker
+from worker.logs import setup_logging
+
+DEFAULT_COMFY_HOST = "127.0.0.1:8188"
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--api-url", help="GmAnimato base URL (env GMANIMATO_API_URL or WORKER_API_URL; "
+                                "default http://localhost:5173).")
+@click.option("--poll-interval", type=float, help="Seconds between polls of an empty queue "
+                                                  "(env WORKER_POLL_INTERVAL; default 5).")
+@click.option("--max-retries", type=int, help="Retries of a final webhook (env WORKER_MAX_RETRIES; default 3).")
+@click.option("--debug", is_flag=True, help="Log debug detail.")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Optional config.yaml (flags and env win over it).")
+def main(api_url: str | None, poll_interval: float | None, max_retries: int | None, debug: bool,
+         config_path: str | None) -> None:
+    """Run one GmAnimato worker against the ComfyUI at COMFY_HOST."""
+    overrides = {"api.url": api_url, "api.poll_interval": poll_interval,
+                 "webhook.max_retries": max_retries, "logging.level": "debug" if debug else None}
+    try:
+        config = load_config(config_path, overrides=overrides)
+        comfy_url = comfy_base_url(config.comfy.attach[0] if config.comfy.attach else DEFAULT_COMFY_HOST)
+    except ConfigError as exc:
+        click.echo(f"config error: {exc}", err=True)
+        sys.exit(exits.EXIT_CONFIG)
+    setup_logging("local-worker", config.logging.level, config.logging.format, config.secrets())
+    worker = Worker(config, SlotSpec("local", f"ComfyUI at {comfy_url}", comfy_url))
+    install_signal_handlers(worker)
+    sys.exit(worker.run())
+
+
+def install_signal_handlers(worker: Worker) -> None:
+    """First SIGTERM/SIGINT: finish the running job, then exit. Second: stop at once.
+
+    The handler only records the signal (``SimpleQueue.put`` is safe there); a thread acts on it.
+    """
+    received: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def act() -> None:
+        while True:
+            received.get()
+            if worker.draining.is_set():
+                worker.request_stop()
+            else:
+                worker.request_drain()
+
+    threading.Thread(target=act, daemon=True, name="signals").start()
+    signal.signal(signal.SIGTERM, lambda signum, frame: received.put(signum))
+    signal.signal(signal.SIGINT, lambda signum, frame: received.put(signum))
+
+
+if __name__ == "__main__":
+    main()

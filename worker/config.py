@@ -1,0 +1,372 @@
+"""The configuration users write: frozen dataclasses loaded from YAML, environment and flags.
+
+Precedence is flags > environment > file > defaults. Unknown keys and bad values raise
+:class:`ConfigError`, whose message names the key ("api.poll_interval: must be > 0, got -1"); the
+command line turns it into one line on stderr and exit code 2. This module is the only reader of the
+environment, and it reads it only when :func:`load_config` is called.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+
+class ConfigError(Exception):
+    """A configuration key is unknown or has a bad value; the message names the key."""
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    url: str = "http://localhost:5173"
+    secret: str = field(default="", repr=False)
+    secret_file: str = ""
+    poll_interval: float = 5.0
+    callback: str = "task"            # task: use the task's callback_url when present; derive: always build it
+    timeout: float = 30.0             # seconds for one GmAnimato request
+    auth_retry_interval: float = 60.0  # after a 401, ask again this often (the secret may be fixed server-side)
+    backoff_cap: float = 60.0         # longest wait between claims while GmAnimato is unreachable
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    max_retries: int = 3          # a final webhook is sent at most 1 + max_retries times
+    progress_interval: float = 2.0
+    retry_delay: float = 1.0      # first retry wait; doubles each retry, capped at 60 s, with jitter
+    timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class ComfyConfig:
+    mode: str = "start"           # start: the supervisor runs ComfyUI; attach: use running instances
+    command: tuple[str, ...] = ("python", "main.py")
+    cwd: str = ""
+    base_port: int = 8188
+    extra_args: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    attach: tuple[str, ...] = ()
+    startup_timeout: float = 600.0
+    work_dir: str = "./comfy-slots"
+    timeout: float = 30.0         # seconds for one ComfyUI HTTP request
+    job_timeout: float = 1500.0   # a prompt running longer fails (GmAnimato times jobs out at 30 min)
+
+
+@dataclass(frozen=True)
+class S3Config:
+    endpoint_url: str = ""
+    bucket: str = ""
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+    region: str = ""
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    s3: S3Config = field(default_factory=S3Config)
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: str = "text"          # text (the original worker's lines) | json
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    heartbeat_interval: float = 5.0
+    heartbeat_timeout: float = 60.0
+    probe_interval: float = 1.0
+    backoff_start: float = 1.0
+    backoff_cap: float = 60.0
+    healthy_reset: float = 300.0
+    max_restarts: int = 5
+    restart_window: float = 300.0
+    stop_grace: float = 10.0
+    drain_timeout: float = 900.0
+    sentinel_file: str = ".worker_stop"
+
+
+@dataclass(frozen=True)
+class Config:
+    api: ApiConfig = field(default_factory=ApiConfig)
+    webhook: WebhookConfig = field(default_factory=WebhookConfig)
+    gpus: str | tuple[str, ...] = "all"
+    cpu_fallback: bool = True
+    comfy: ComfyConfig = field(default_factory=ComfyConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+
+    def secrets(self) -> tuple[str, ...]:
+        """Every secret value, so log output can be scrubbed of them."""
+        values = (self.api.secret, self.storage.s3.access_key_id, self.storage.s3.secret_access_key)
+        return tuple(v for v in values if v)
+
+
+# Environment names of the original worker, mapped to dotted keys. The first name found wins.
+ENV_KEYS: tuple[tuple[str, str], ...] = (
+    ("GMANIMATO_API_URL", "api.url"),
+    ("WORKER_API_URL", "api.url"),
+    ("WORKER_TASK_SECRET", "api.secret"),
+    ("WORKER_POLL_INTERVAL", "api.poll_interval"),
+    ("WORKER_MAX_RETRIES", "webhook.max_retries"),
+    ("BUCKET_ENDPOINT_URL", "storage.s3.endpoint_url"),
+    ("BUCKET_NAME", "storage.s3.bucket"),
+    ("BUCKET_ACCESS_KEY_ID", "storage.s3.access_key_id"),
+    ("BUCKET_SECRET_ACCESS_KEY", "storage.s3.secret_access_key"),
+    ("BUCKET_REGION", "storage.s3.region"),
+    ("WORKER_SENTINEL_FILE", "supervisor.sentinel_file"),
+)
+
+CHOICES = {
+    "api.callback": ("task", "derive"),
+    "comfy.mode": ("start", "attach"),
+    "logging.level": ("debug", "info", "warning", "error"),
+    "logging.format": ("text", "json"),
+}
+POSITIVE = {"api.poll_interval", "api.timeout", "api.auth_retry_interval", "api.backoff_cap",
+            "webhook.progress_interval", "webhook.timeout", "comfy.startup_timeout", "comfy.timeout",
+            "comfy.job_timeout", "supervisor.heartbeat_interval", "supervisor.heartbeat_timeout",
+            "supervisor.probe_interval", "supervisor.backoff_start", "supervisor.backoff_cap",
+            "supervisor.restart_window", "supervisor.drain_timeout"}
+NON_NEGATIVE = {"webhook.max_retries", "webhook.retry_delay", "supervisor.healthy_reset",
+                "supervisor.max_restarts", "supervisor.stop_grace"}
+
+
+def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
+                overrides: Mapping[str, Any] | None = None) -> Config:
+    """Build the configuration: ``overrides`` (dotted keys, from flags) > ``env`` > file > defaults."""
+    env = os.environ if env is None else env
+    tree = _read_file(path) if path else {}
+    _check_known(tree, Config, "")
+    for dotted, value in _env_values(env).items():
+        _set_dotted(tree, dotted, value)
+    for dotted, value in (overrides or {}).items():
+        if value is not None:
+            _set_dotted(tree, dotted, value)
+    config = _build(Config, tree, "")
+    config = _resolve_secret_file(config, path)
+    _validate(config)
+    return config
+
+
+def _read_file(path: str | os.PathLike) -> dict:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, dotted in ENV_KEYS:
+        if env.get(name) and dotted not in values:
+            values[dotted] = env[name]
+    host = env.get("COMFY_HOST")
+    if host:
+        values["comfy.mode"] = "attach"
+        values["comfy.attach"] = [host]
+    return values
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[leaf] = value
+
+
+def _check_known(tree: Any, cls: type, prefix: str) -> None:
+    if not isinstance(tree, dict):
+        return
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise ConfigError(f"{dotted}: unknown key (known here: {known})")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{dotted}: must be a mapping, got {value!r}")
+            _check_known(value, hint, dotted + ".")
+
+
+def _build(cls: type, tree: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in tree:
+            continue
+        dotted = f"{prefix}{f.name}"
+        hint = hints[f.name]
+        value = tree[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, value or {}, dotted + ".")
+        else:
+            kwargs[f.name] = _coerce(dotted, hint, value)
+    return cls(**kwargs)
+
+
+def _coerce(dotted: str, hint: Any, value: Any) -> Any:
+    """Turn a YAML or environment value into the field's type, or say which key is wrong."""
+    if dotted == "gpus":
+        return _coerce_gpus(value)
+    if hint is bool:
+        return _coerce_bool(dotted, value)
+    if hint in (int, float):
+        return _coerce_number(dotted, hint, value)
+    if hint is str:
+        if value is None:
+            return ""
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise ConfigError(f"{dotted}: must be a string, got {value!r}")
+        return str(value)
+    if typing.get_origin(hint) is tuple:
+        return _coerce_str_list(dotted, value)
+    if typing.get_origin(hint) is Mapping:
+        return _coerce_str_map(dotted, value)
+    raise ConfigError(f"{dotted}: unsupported value {value!r}")
+
+
+def _coerce_bool(dotted: str, value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(f"{dotted}: must be true or false, got {value!r}")
+
+
+def _coerce_number(dotted: str, hint: type, value: Any) -> int | float:
+    if isinstance(value, bool):
+        raise ConfigError(f"{dotted}: must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{dotted}: must be a number, got {value!r}") from None
+    if hint is int:
+        if number != int(number):
+            raise ConfigError(f"{dotted}: must be a whole number, got {value!r}")
+        return int(number)
+    return number
+
+
+def _coerce_str_list(dotted: str, value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int, float)) for v in value):
+        raise ConfigError(f"{dotted}: must be a list of strings, got {value!r}")
+    return tuple(str(v) for v in value)
+
+
+def _coerce_str_map(dotted: str, value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"{dotted}: must be a mapping of names to values, got {value!r}")
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _coerce_gpus(value: Any) -> str | tuple[str, ...]:
+    if isinstance(value, str) and value.strip().lower() in ("all", "none"):
+        return value.strip().lower()
+    if isinstance(value, int) and not isinstance(value, bool):
+        return (str(value),)
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int)) for v in value):
+        return tuple(str(v) for v in value)
+    raise ConfigError(f"gpus: must be all, none or a list of GPU indexes or UUIDs, got {value!r}")
+
+
+def _resolve_secret_file(config: Config, config_path: str | os.PathLike | None) -> Config:
+    if config.api.secret or not config.api.secret_file:
+        return config
+    secret_path = Path(config.api.secret_file)
+    if not secret_path.is_absolute() and config_path:
+        secret_path = Path(config_path).resolve().parent / secret_path
+    try:
+        secret = secret_path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(f"api.secret_file: cannot read {secret_path} ({exc.strerror})") from exc
+    return dataclasses.replace(config, api=dataclasses.replace(config.api, secret=secret))
+
+
+def _validate(config: Config) -> None:
+    for dotted in POSITIVE | NON_NEGATIVE | set(CHOICES):
+        value = _get_dotted(config, dotted)
+        if dotted in POSITIVE and value <= 0:
+            raise ConfigError(f"{dotted}: must be > 0, got {value:g}")
+        if dotted in NON_NEGATIVE and value < 0:
+            raise ConfigError(f"{dotted}: must be >= 0, got {value:g}")
+        if dotted in CHOICES and value not in CHOICES[dotted]:
+            raise ConfigError(f"{dotted}: must be one of {', '.join(CHOICES[dotted])}, got {value!r}")
+    _validate_url("api.url", config.api.url)
+    if config.storage.s3.endpoint_url:
+        _validate_url("storage.s3.endpoint_url", config.storage.s3.endpoint_url)
+        if not config.storage.s3.bucket:
+            raise ConfigError("storage.s3.bucket: required when storage.s3.endpoint_url is set "
+                              "(env BUCKET_NAME)")
+    if not 1 <= config.comfy.base_port <= 65535:
+        raise ConfigError(f"comfy.base_port: must be a TCP port (1-65535), got {config.comfy.base_port}")
+    if config.comfy.mode == "start" and not config.comfy.command:
+        raise ConfigError("comfy.command: must name the program that starts ComfyUI")
+    if config.comfy.mode == "attach" and not config.comfy.attach:
+        raise ConfigError("comfy.attach: mode is attach, so list at least one ComfyUI address")
+    for address in config.comfy.attach:
+        comfy_base_url(address)
+
+
+def _validate_url(dotted: str, url: str) -> None:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{dotted}: must be an http:// or https:// URL, got {url!r}")
+
+
+def _get_dotted(config: Any, dotted: str) -> Any:
+    value = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def comfy_base_url(address: str) -> str:
+    """``127.0.0.1:8188`` or ``http://host:port`` -> ``http://host:port`` (no trailing slash)."""
+    text = address.strip().rstrip("/")
+    if "://" not in text:
+        text = "http://" + text
+    parts = urlsplit(text)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if parts.scheme not in ("http", "https") or not parts.hostname or (parts.port is None and port):
+        raise ConfigError(f"comfy.attach: not a ComfyUI address (host:port or URL), got {address!r}")
+    return text

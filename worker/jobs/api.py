@@ -1,0 +1,91 @@
+"""GmAnimato over HTTP: claim a task, post a webhook (contract §1, §2).
+
+``claim`` returns the task JSON, or None when the queue is empty (404). 401 and redirects raise
+:class:`AuthError` (fix the configuration; retry slowly), 5xx and network errors raise
+:class:`ApiUnavailable` (back off). Redirects are never followed: a mistyped path answers 303 to
+``/login``. ``post_webhook`` returns the status code; :func:`webhook_verdict` (pure) says whether
+a status is delivered, permanent or worth retrying.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import requests
+
+from handler.errors import ApiRefused, ApiUnavailable, describe_network_error
+
+log = logging.getLogger(__name__)
+
+TASK_PATH = "/api/worker/task"
+DELIVERED, PERMANENT, RETRY = "delivered", "permanent", "retry"
+
+
+class AuthError(ApiRefused):
+    """GmAnimato refused our credentials or our URL: a person must fix the configuration."""
+
+
+class GmAnimatoClient:
+    def __init__(self, base_url: str, secret: str, timeout: float = 30.0,
+                 session: requests.Session | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._secret = secret
+        self.timeout = timeout
+        self.session = session or requests.Session()
+
+    def __repr__(self) -> str:
+        return f"GmAnimatoClient({self.base_url!r})"
+
+    def claim(self) -> dict | None:
+        """Claim the oldest queued job: its task JSON, or None when the queue is empty."""
+        url = self.base_url + TASK_PATH
+        try:
+            response = self.session.get(url, headers={"x-worker-secret": self._secret},
+                                        timeout=self.timeout, allow_redirects=False)
+        except requests.RequestException as exc:
+            raise ApiUnavailable(f"GmAnimato at {self.base_url} is unreachable ({describe_network_error(exc)})") from exc
+        return self._claim_result(response)
+
+    def _claim_result(self, response: requests.Response) -> dict | None:
+        status = response.status_code
+        if status == 404:
+            return None
+        if status == 401:
+            raise AuthError("GmAnimato answered 401 Unauthorized: api.secret (WORKER_TASK_SECRET) does "
+                            "not match the server's WORKER_TASK_SECRET", status)
+        if 300 <= status < 400:
+            raise AuthError(f"GET {TASK_PATH} was redirected to {response.headers.get('Location', '?')}: "
+                            f"is api.url ({self.base_url}) the GmAnimato origin?", status)
+        if status >= 500 or status == 429:
+            raise ApiUnavailable(f"GmAnimato answered HTTP {status} to the task claim: {_body(response)}")
+        if status != 200:
+            raise ApiUnavailable(f"GmAnimato answered HTTP {status} to the task claim: {_body(response)}")
+        try:
+            return response.json()
+        except ValueError:
+            raise AuthError(f"GET {TASK_PATH} answered 200 without JSON: is api.url ({self.base_url}) "
+                            "the GmAnimato origin?", status) from None
+
+    def post_webhook(self, url: str, body: dict[str, Any], timeout: float | None = None) -> int:
+        """POST one webhook; returns the HTTP status. Network errors raise :class:`ApiUnavailable`."""
+        try:
+            response = self.session.post(url, json=body, timeout=timeout or self.timeout,
+                                         allow_redirects=False)
+        except requests.RequestException as exc:
+            raise ApiUnavailable(f"webhook to {url} failed ({describe_network_error(exc)})") from exc
+        if response.status_code >= 300:
+            log.debug("webhook %s answered %s: %s", url, response.status_code, _body(response))
+        return response.status_code
+
+
+def webhook_verdict(status: int) -> str:
+    """2xx delivered; 5xx, 408 and 429 worth retrying; any other answer is final (400/403/404/413...)."""
+    if 200 <= status < 300:
+        return DELIVERED
+    if status >= 500 or status in (408, 429):
+        return RETRY
+    return PERMANENT
+
+
+def _body(response: requests.Response) -> str:
+    return repr(response.text[:200])

@@ -1,0 +1,71 @@
+"""GPU discovery through NVML (``import pynvml``, from nvidia-ml-py). "No GPU" is a normal answer.
+
+The module is imported lazily, so a test can put a simulated ``pynvml`` first on ``PYTHONPATH``.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Gpu:
+    index: int
+    uuid: str
+    name: str
+    memory_total: int
+
+
+@dataclass(frozen=True)
+class Discovery:
+    gpus: tuple[Gpu, ...]
+    problem: str = ""        # why none were found, for one clear log line
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def discover() -> Discovery:
+    """Every GPU NVML lists (PCI order), or none with the reason."""
+    try:
+        import pynvml
+    except ImportError:
+        return Discovery((), "the NVML binding (nvidia-ml-py) is not installed")
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as exc:
+        return Discovery((), f"NVML is not available ({exc}): no NVIDIA driver on this machine")
+    try:
+        return Discovery(tuple(_read_gpu(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())))
+    except pynvml.NVMLError as exc:
+        return Discovery((), f"NVML failed while listing GPUs ({exc})")
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except pynvml.NVMLError:
+            pass
+
+
+def _read_gpu(pynvml, index: int) -> Gpu:
+    handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+    return Gpu(index=index, uuid=_text(pynvml.nvmlDeviceGetUUID(handle)),
+               name=_text(pynvml.nvmlDeviceGetName(handle)),
+               memory_total=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total))
+
+
+def select(found: tuple[Gpu, ...], wanted: str | tuple[str, ...]) -> tuple[Gpu, ...]:
+    """Apply ``gpus: all | none | [index or UUID, ...]`` (pure)."""
+    if wanted == "all":
+        return found
+    if wanted == "none":
+        return ()
+    chosen = []
+    for item in wanted:
+        match = [g for g in found if item == str(g.index) or item.lower() == g.uuid.lower()]
+        if not match:
+            log.warning("gpus: %s matches no GPU NVML lists; skipped", item)
+        chosen.extend(g for g in match if g not in chosen)
+    return tuple(chosen)

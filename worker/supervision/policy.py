@@ -1,0 +1,58 @@
+"""Restart decisions (pure functions of exits and clocks; the caller passes ``now``)."""
+from __future__ import annotations
+
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from worker import exits
+from worker.backoff import backoff_delay
+
+NO_GPU_MARKER = "No CUDA GPUs are available"
+
+
+@dataclass(frozen=True)
+class RestartPolicy:
+    backoff_start: float = 1.0
+    backoff_cap: float = 60.0
+    healthy_reset: float = 300.0
+    max_restarts: int = 5
+    restart_window: float = 300.0
+
+
+@dataclass(frozen=True)
+class Verdict:
+    action: str          # "restart" | "fatal"
+    delay: float
+    reason: str
+
+
+def describe_status(code: int | None) -> str:
+    """A Popen/Process exit status -> "exit code 1" or "signal 9 (SIGKILL)"."""
+    if code is None:
+        return "an unknown status"
+    if code < 0:
+        try:
+            return f"signal {-code} ({signal.Signals(-code).name})"
+        except ValueError:
+            return f"signal {-code}"
+    return f"exit code {code}"
+
+
+def decide_restart(code: int | None, crash_times: Sequence[float], now: float, policy: RestartPolicy,
+                   log_tail: str = "", healthy_for: float = 0.0) -> Verdict:
+    """After a child exited unexpectedly: restart after a delay, or give up (FATAL) and why.
+
+    ``crash_times`` includes this crash. A config-error exit, or a ComfyUI that says no GPU is visible,
+    is FATAL at once: restarting cannot help.
+    """
+    if code == exits.EXIT_CONFIG:
+        return Verdict("fatal", 0.0, "exited with the configuration-error code 2")
+    if NO_GPU_MARKER in log_tail:
+        return Verdict("fatal", 0.0, f"ComfyUI says '{NO_GPU_MARKER}': its GPU pin matches no device")
+    recent = [t for t in crash_times if now - t <= policy.restart_window]
+    if len(recent) > policy.max_restarts:
+        return Verdict("fatal", 0.0, f"{len(recent)} crashes within {policy.restart_window:g} s")
+    streak = 1 if healthy_for >= policy.healthy_reset else len(recent)
+    delay = backoff_delay(streak, policy.backoff_start, policy.backoff_cap, jitter=0.0)
+    return Verdict("restart", delay, f"{describe_status(code)}; restarting in {delay:g} s")
