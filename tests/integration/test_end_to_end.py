@@ -124,3 +124,26 @@ def test_local_worker_runs_five_jobs_with_base64_and_derived_callbacks(gmanimato
     assert worker.wait(30) == 0
     assert "Received task: local-" in worker.output() and SECRET not in worker.output()
     assert comfy.proc.poll() is None
+
+
+@pytest.mark.timeout(120)
+def test_every_task_shape_and_image_mode(gmanimato, processes, tmp_path):
+    comfy_port = free_port()
+    processes.start("comfyui", comfy_sim_command("--port", str(comfy_port), "--cpu"))
+    ids = {
+        "early": gmanimato.add_job(template="i2v", shape="early", with_workflow=True, image_mode="url"),
+        "early_bare": gmanimato.add_job(template="i2v", shape="early", with_workflow=False),
+        "url": gmanimato.add_job(template="fl2v", image_mode="url"),
+    }
+    env = {"GMANIMATO_API_URL": gmanimato.url, "WORKER_TASK_SECRET": SECRET,
+           "COMFY_HOST": f"127.0.0.1:{comfy_port}"}
+    worker = processes.start("local_worker", [sys.executable, "local_worker.py", "--poll-interval", "0.2"], env=env)
+    rows = gmanimato.wait_final(list(ids.values()))
+    bodies = {name: final_of(gmanimato.webhooks(vid)) for name, vid in ids.items()}
+    assert bodies["early"]["status"] == "completed" and rows[ids["early"]]["status"] == "completed"
+    assert bodies["early"]["id"] == f"local-{ids['early']}"
+    assert bodies["early_bare"] == {"id": f"local-{ids['early_bare']}", "status": "failed",
+                                    "error": "task has no workflow"}
+    assert bodies["url"]["status"] == "completed"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(30) == 0

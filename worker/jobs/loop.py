@@ -181,8 +181,8 @@ class Worker:
     def execute(self, job: Job, hooks: JobWebhooks) -> dict:
         """Run the job on ComfyUI: the final webhook body, completed or failed (never raises)."""
         def on_progress(snapshot: dict, node_changed: bool) -> None:
-            hooks.progress(snapshot, node_changed)
-            self.report(Up.JOB_PROGRESS, job_id=job.job_id, progress=snapshot)
+            if hooks.progress(snapshot, node_changed):
+                self.report(Up.JOB_PROGRESS, job_id=job.job_id, progress=snapshot)
 
         request = ExecutionRequest(workflow=job.workflow, inputs=job.images, node_weights=job.node_weights,
                                    key_prefix=job.job_id, prompt_id=f"{job.job_id}-{uuid.uuid4().hex[:12]}",

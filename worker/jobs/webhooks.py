@@ -71,15 +71,16 @@ class JobWebhooks:
                                         name=f"progress-{job_id}")
         self._thread.start()
 
-    def progress(self, snapshot: dict, node_changed: bool) -> None:
-        """Offer a progress snapshot; sent if due, replacing any older one still waiting."""
+    def progress(self, snapshot: dict, node_changed: bool) -> bool:
+        """Offer a progress snapshot; True when it is due and will be sent (replacing an older one)."""
         with self._cond:
             if self._closed or not progress_due(self._last_sent, time.monotonic(),
                                                 self.progress_interval, node_changed):
-                return
+                return False
             self._last_sent = time.monotonic()
             self._pending = progress_payload(self.job_id, snapshot)
             self._cond.notify()
+            return True
 
     def _progress_loop(self) -> None:
         while True:

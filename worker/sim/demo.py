@@ -63,7 +63,7 @@ def print_report(report: Report) -> None:
     elif report.kind == Up.JOB_PROGRESS:
         progress = data.get("progress") or {}
         print(f"[{report.slot}] {data.get('job_id')}: {progress.get('percentage', 0):5.1f} %  "
-              f"node {progress.get('current_node')}", flush=True)
+              f"node {progress.get('current_node') or '-'}", flush=True)
     elif report.kind == Up.JOB_FINISHED:
         outcome = data.get("status") if data.get("status") == "completed" else f"failed: {data.get('error')}"
         print(f"[{report.slot}] {data.get('job_id')}: {outcome} in {data.get('seconds', 0):.1f} s, "
