@@ -83,6 +83,7 @@ class SupervisorConfig:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float = 60.0
     probe_interval: float = 1.0
+    probe_timeout: float = 60.0       # a running ComfyUI whose probe fails this long is restarted
     backoff_start: float = 1.0
     backoff_cap: float = 60.0
     healthy_reset: float = 300.0
@@ -91,6 +92,8 @@ class SupervisorConfig:
     stop_grace: float = 10.0
     drain_timeout: float = 900.0
     sentinel_file: str = ".worker_stop"
+    log_max_bytes: int = 50 * 1024 * 1024   # each slot's comfyui.log rotates at this size ...
+    log_backups: int = 3                    # ... keeping this many old files
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     webhook: WebhookConfig = field(default_factory=WebhookConfig)
     gpus: str | tuple[str, ...] = "all"
+    gpus_exclude: tuple[str, ...] = ()
     cpu_fallback: bool = True
     comfy: ComfyConfig = field(default_factory=ComfyConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -134,10 +138,11 @@ CHOICES = {
 POSITIVE = {"api.poll_interval", "api.timeout", "api.auth_retry_interval", "api.backoff_cap",
             "webhook.progress_interval", "webhook.timeout", "comfy.startup_timeout", "comfy.timeout",
             "comfy.job_timeout", "supervisor.heartbeat_interval", "supervisor.heartbeat_timeout",
-            "supervisor.probe_interval", "supervisor.backoff_start", "supervisor.backoff_cap",
+            "supervisor.probe_interval", "supervisor.probe_timeout", "supervisor.backoff_start",
+            "supervisor.log_max_bytes", "supervisor.backoff_cap",
             "supervisor.restart_window", "supervisor.drain_timeout"}
 NON_NEGATIVE = {"webhook.max_retries", "webhook.retry_delay", "supervisor.healthy_reset",
-                "supervisor.max_restarts", "supervisor.stop_grace"}
+                "supervisor.max_restarts", "supervisor.stop_grace", "supervisor.log_backups"}
 
 
 def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,

@@ -74,6 +74,10 @@ class Worker:
     # ---- commands and signals (any thread) -------------------------------------------------------
     def handle_command(self, command: Command) -> None:
         if command.kind == Down.COMFY_READY:
+            url = command.data.get("url")
+            if url and url != self.comfy.base_url:
+                log.info("ComfyUI of %s is now at %s", self.slot.label, url)
+                self.comfy = ComfyClient(url, self.config.comfy.timeout)
             self.comfy_exit = None
             self.comfy_ready.set()
         elif command.kind == Down.COMFY_EXITED:

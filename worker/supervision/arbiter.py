@@ -1,8 +1,9 @@
-"""The supervisor loop: wait (signal | child exit | tick) -> read reports -> reap -> probe -> act.
+"""The supervisor loop: wait (signal | worker exit | tick) -> read reports -> reap -> probe -> act.
 
 One thread owns every child's state. Signal handlers (and :meth:`Supervisor.request_drain` from other
 threads) only record the request; the loop logs and acts. A slot is one ComfyUI plus one worker; slots
-never wait on each other, and one slot going FATAL leaves the others working.
+never wait on each other, and one slot going FATAL leaves the others working. Probes run in a small
+thread pool so a hung ComfyUI never stalls the loop.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import queue
 import signal
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from multiprocessing.connection import wait as wait_for
 from pathlib import Path
 
@@ -19,7 +22,9 @@ from worker import exits
 from worker.config import Config
 from worker.reports import Command, Down, Report, Up
 from worker.supervision.children import ComfyProcess, SlotPlan, WorkerProcess
+from worker.supervision.notify import sd_notify
 from worker.supervision.policy import RestartPolicy, decide_restart, describe_status
+from worker.supervision.slots import assign_ports, port_is_free
 from worker.supervision.states import ChildState as S
 from worker.supervision.states import StateHolder
 
@@ -27,6 +32,7 @@ log = logging.getLogger(__name__)
 
 TICK = 0.2
 DRAIN, FAST_STOP = "drain", "stop"
+PORT_IN_USE = "address already in use"
 
 
 class Slot:
@@ -43,12 +49,26 @@ class Slot:
         self.comfy_restart_at = 0.0
         self.worker_restart_at = 0.0
         self.next_probe = 0.0
+        self.probe_future: Future | None = None
+        self.generation = 0                 # bumped at each ComfyUI start; stale probes are ignored
+        self.probe_generation = 0
+        self.probe_failing_since: float | None = None
+        self.worker_waits_for_comfy = False
         self.fatal_reason = ""
+        self.fatal_is_config = False
         self.current_job: str | None = None
 
     @property
     def name(self) -> str:
         return self.plan.name
+
+    @property
+    def fatal(self) -> bool:
+        return S.FATAL in (self.comfy_state.state, self.worker_state.state)
+
+    def move_port(self, port: int) -> None:
+        self.plan = replace(self.plan, port=port)
+        self.comfy.plan = self.plan
 
 
 class Supervisor:
@@ -63,9 +83,13 @@ class Supervisor:
         self.requests: queue.SimpleQueue[str] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self.pool = ThreadPoolExecutor(max_workers=max(1, min(16, len(self.slots))), thread_name_prefix="probe")
         self.draining = False
         self.stopping = False
         self.drain_deadline = 0.0
+        self.ready_sent = False
+        self.last_status = ""
+        self.exit_code = exits.EXIT_OK
 
     # ---- requests from signals and other threads --------------------------------------------------
     def request_drain(self) -> None:
@@ -84,7 +108,7 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: drain; a second one: stop at once. Handlers only record the request."""
         def on_signal(signum: int, frame: object) -> None:
-            self.requests.put(FAST_STOP if self.draining else DRAIN)
+            self.requests.put(DRAIN)
             try:
                 os.write(self._wake_w, b"s")
             except OSError:
@@ -95,6 +119,7 @@ class Supervisor:
 
     # ---- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
+        """Run every slot until drained (or every slot is FATAL); returns the exit code."""
         for slot in self.slots:
             self.start_comfy(slot, time.monotonic())
             self.start_worker(slot, time.monotonic())
@@ -107,10 +132,13 @@ class Supervisor:
             self.probe(now)
             self.restart_due(now)
             self.check_heartbeats(now)
+            self.tell_systemd()
             if self.draining and self.drained(now):
                 break
+            if not self.draining and self.all_fatal():
+                break
         self.shutdown()
-        return exits.EXIT_OK
+        return self.exit_code
 
     def wait(self) -> None:
         sentinels = [s.worker.process.sentinel for s in self.slots
@@ -123,10 +151,10 @@ class Supervisor:
                 pass
 
     def handle_requests(self, now: float) -> None:
-        if not self.draining and self.config.supervisor.sentinel_file and \
-                Path(self.config.supervisor.sentinel_file).exists():
-            log.info("Found %s: draining", self.config.supervisor.sentinel_file)
-            self.requests.put(DRAIN)
+        sentinel = self.config.supervisor.sentinel_file
+        if not self.draining and sentinel and Path(sentinel).exists():
+            log.info("Found %s: draining", sentinel)
+            self.begin_drain(now)
         while True:
             try:
                 what = self.requests.get_nowait()
@@ -134,11 +162,12 @@ class Supervisor:
                 return
             if what == DRAIN and not self.draining:
                 self.begin_drain(now)
-            elif what == FAST_STOP or (what == DRAIN and self.draining):
+            elif what == FAST_STOP or what == DRAIN:
                 self.begin_fast_stop()
 
     def begin_drain(self, now: float) -> None:
         log.info("Draining: no new jobs; running jobs finish (up to %g s)", self.config.supervisor.drain_timeout)
+        sd_notify("STOPPING=1")
         self.draining = True
         self.drain_deadline = now + self.config.supervisor.drain_timeout
         for slot in self.slots:
@@ -151,16 +180,18 @@ class Supervisor:
         self.draining = self.stopping = True
         for slot in self.slots:
             slot.worker.send(Command(Down.STOP))
-        self.drain_deadline = min(self.drain_deadline, time.monotonic() + self.config.supervisor.stop_grace)
+        self.drain_deadline = time.monotonic() + self.config.supervisor.stop_grace
 
     # ---- children --------------------------------------------------------------------------------
     def start_comfy(self, slot: Slot, now: float) -> None:
         slot.comfy_state.set_state(S.STARTING)
+        slot.generation += 1
+        slot.probe_failing_since = None
         try:
             slot.comfy.start()
         except OSError as exc:
             self.make_fatal(slot, f"cannot start ComfyUI: comfy.command {list(self.config.comfy.command)} "
-                                  f"failed: {exc.strerror or exc}")
+                                  f"failed: {exc.strerror or exc}", config_fault=True)
             return
         slot.next_probe = now
 
@@ -169,11 +200,16 @@ class Supervisor:
         slot.worker.start()
         slot.worker_state.set_state(S.RUNNING)
         if slot.comfy_state.state == S.RUNNING:
-            slot.worker.send(Command(Down.COMFY_READY))
+            self.tell_ready(slot)
 
-    def make_fatal(self, slot: Slot, reason: str) -> None:
+    def tell_ready(self, slot: Slot) -> None:
+        slot.worker_waits_for_comfy = False
+        slot.worker.send(Command(Down.COMFY_READY, {"url": slot.plan.comfy_url}))
+
+    def make_fatal(self, slot: Slot, reason: str, config_fault: bool = False) -> None:
         log.error("%s: FATAL: %s; the other slots keep working", slot.name, reason)
         slot.fatal_reason = reason
+        slot.fatal_is_config = config_fault
         slot.comfy_state.set_state(S.FATAL, reason)
 
     def read_reports(self, now: float) -> None:
@@ -187,7 +223,8 @@ class Supervisor:
             slot.current_job = report.data.get("job_id")
         elif report.kind == Up.JOB_FINISHED:
             slot.current_job = None
-        elif report.kind == Up.COMFY_UNHEALTHY and slot.comfy_state.state == S.RUNNING:
+        elif report.kind == Up.COMFY_UNHEALTHY:
+            slot.worker_waits_for_comfy = True
             slot.next_probe = now
         elif report.kind == Up.FATAL:
             log.error("%s: worker reported a fatal error: %s", slot.name, report.data.get("reason"))
@@ -196,7 +233,7 @@ class Supervisor:
     def reap(self, now: float) -> None:
         for slot in self.slots:
             code = slot.comfy.poll()
-            if code is not None and slot.comfy_state.state in (S.STARTING, S.RUNNING, S.STOPPING):
+            if code is not None and slot.comfy_state.state in (S.STARTING, S.RUNNING):
                 self.comfy_exited(slot, code, now)
             code = slot.worker.poll()
             if code is not None and slot.worker_state.state == S.RUNNING:
@@ -204,21 +241,32 @@ class Supervisor:
 
     def comfy_exited(self, slot: Slot, code: int, now: float) -> None:
         slot.worker.send(Command(Down.COMFY_EXITED, {"code": code}))
+        tail = slot.comfy.exited_tail()
         if self.draining:
             slot.comfy_state.set_state(S.EXITED)
             return
         healthy_for = now - slot.comfy.started_at if slot.comfy_state.state == S.RUNNING else 0.0
         slot.comfy_crashes.append(now)
-        verdict = decide_restart(code, slot.comfy_crashes, now, self.policy, slot.comfy.log_tail(), healthy_for)
-        hint = " (out of memory? the kernel OOM killer sends SIGKILL)" if code == -signal.SIGKILL else ""
-        log.error("%s: ComfyUI exited with %s%s; log %s", slot.name, describe_status(code), hint,
-                  slot.comfy.log_path)
+        verdict = decide_restart(code, slot.comfy_crashes, now, self.policy, tail, healthy_for)
+        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if code == -signal.SIGKILL else ""
+        last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
+        log.error("%s: ComfyUI exited with %s%s; last line: %s (log %s)", slot.name, describe_status(code), hint,
+                  last[:200] or "-", slot.comfy.log_path)
         if verdict.action == "fatal":
-            self.make_fatal(slot, verdict.reason)
+            self.make_fatal(slot, verdict.reason, verdict.config_fault)
             return
+        if PORT_IN_USE in tail:
+            self.pick_new_port(slot)
         log.info("%s: restarting ComfyUI in %.1f s", slot.name, verdict.delay)
         slot.comfy_state.set_state(S.BACKOFF, verdict.reason)
         slot.comfy_restart_at = now + verdict.delay
+
+    def pick_new_port(self, slot: Slot) -> None:
+        others = [s.plan.port for s in self.slots if s is not slot]
+        port = assign_ports(1, slot.plan.port + 1, port_is_free, reserved=others)[0]
+        log.warning("%s: port %d is taken by another program; ComfyUI moves to port %d", slot.name,
+                    slot.plan.port, port)
+        slot.move_port(port)
 
     def worker_exited(self, slot: Slot, code: int, now: float) -> None:
         slot.worker.close_channels()
@@ -232,42 +280,64 @@ class Supervisor:
         log.error("%s: worker exited with %s", slot.name, describe_status(code))
         if verdict.action == "fatal":
             log.error("%s: worker FATAL: %s", slot.name, verdict.reason)
+            slot.fatal_reason = verdict.reason
+            slot.fatal_is_config = verdict.config_fault
             slot.worker_state.set_state(S.FATAL, verdict.reason)
             return
+        log.info("%s: restarting the worker in %.1f s", slot.name, verdict.delay)
         slot.worker_state.set_state(S.BACKOFF, verdict.reason)
         slot.worker_restart_at = now + verdict.delay
 
+    # ---- probes ----------------------------------------------------------------------------------
     def probe(self, now: float) -> None:
         for slot in self.slots:
-            if slot.comfy_state.state not in (S.STARTING, S.RUNNING) or now < slot.next_probe:
-                continue
-            slot.next_probe = now + self.config.supervisor.probe_interval
-            if slot.comfy_state.state == S.STARTING:
-                self.probe_starting(slot, now)
-            elif not slot.comfy.probe():
-                self.comfy_unresponsive(slot, now)
-            else:
-                slot.worker.send(Command(Down.COMFY_READY))
-                slot.next_probe = now + 60.0
+            future = slot.probe_future
+            if future is not None:
+                if not future.done():
+                    continue
+                slot.probe_future = None
+                if slot.probe_generation == slot.generation and \
+                        slot.comfy_state.state in (S.STARTING, S.RUNNING):
+                    self.probe_result(slot, future.result(), now)
+            if slot.comfy_state.state in (S.STARTING, S.RUNNING) and now >= slot.next_probe:
+                slot.next_probe = now + self.config.supervisor.probe_interval
+                slot.probe_generation = slot.generation
+                slot.probe_future = self.pool.submit(slot.comfy.probe, 2.0)
 
-    def probe_starting(self, slot: Slot, now: float) -> None:
-        if slot.comfy.probe():
-            slot.comfy_state.set_state(S.RUNNING)
-            log.info("%s: ComfyUI ready at %s after %.1f s", slot.name, slot.plan.comfy_url,
-                     now - slot.comfy.started_at)
-            slot.worker.send(Command(Down.COMFY_READY))
-            slot.next_probe = now + 60.0
-        elif now - slot.comfy.started_at > self.config.comfy.startup_timeout and not slot.comfy.attached:
-            log.error("%s: ComfyUI did not answer within %g s (comfy.startup_timeout); killing it",
-                      slot.name, self.config.comfy.startup_timeout)
-            slot.comfy.signal_group(signal.SIGKILL)
+    def probe_result(self, slot: Slot, ok: bool, now: float) -> None:
+        if slot.comfy_state.state == S.STARTING:
+            if ok:
+                slot.comfy_state.set_state(S.RUNNING)
+                log.info("%s: ComfyUI ready at %s after %.1f s", slot.name, slot.plan.comfy_url,
+                         now - slot.comfy.started_at)
+                self.tell_ready(slot)
+            elif now - slot.comfy.started_at > self.config.comfy.startup_timeout and not slot.comfy.attached:
+                log.error("%s: ComfyUI did not answer within %g s (comfy.startup_timeout); killing it",
+                          slot.name, self.config.comfy.startup_timeout)
+                slot.comfy.signal_group(signal.SIGKILL)
+            return
+        if ok:
+            slot.probe_failing_since = None
+            if slot.worker_waits_for_comfy:
+                self.tell_ready(slot)
+            return
+        if slot.probe_failing_since is None:
+            slot.probe_failing_since = now
+            log.warning("%s: ComfyUI at %s does not answer its probe", slot.name, slot.plan.comfy_url)
+        elif now - slot.probe_failing_since > self.config.supervisor.probe_timeout:
+            self.comfy_unresponsive(slot, now)
 
     def comfy_unresponsive(self, slot: Slot, now: float) -> None:
+        limit = self.config.supervisor.probe_timeout
+        slot.probe_failing_since = None
         if slot.comfy.attached:
-            log.warning("%s: attached ComfyUI at %s stopped answering", slot.name, slot.plan.comfy_url)
-            slot.comfy_state.set_state(S.BACKOFF)
-            slot.comfy_restart_at = now
+            log.error("%s: attached ComfyUI at %s has not answered for %g s; waiting for it to come back",
+                      slot.name, slot.plan.comfy_url, limit)
             slot.worker.send(Command(Down.COMFY_EXITED, {"code": None}))
+            slot.comfy_state.set_state(S.STARTING)
+            return
+        log.error("%s: ComfyUI runs but has not answered for %g s; killing it for a restart", slot.name, limit)
+        slot.comfy.signal_group(signal.SIGKILL)
 
     def restart_due(self, now: float) -> None:
         if self.draining:
@@ -281,14 +351,42 @@ class Supervisor:
     def check_heartbeats(self, now: float) -> None:
         limit = self.config.supervisor.heartbeat_timeout
         for slot in self.slots:
-            if slot.worker_state.state == S.RUNNING and now - slot.worker.last_heartbeat > limit:
+            if slot.worker_state.state == S.RUNNING and now - slot.worker.last_heartbeat > limit \
+                    and slot.worker.poll() is None:
                 log.error("%s: worker sent no heartbeat for %.0f s; killing it", slot.name,
                           now - slot.worker.last_heartbeat)
                 slot.worker.kill()
 
-    # ---- stopping --------------------------------------------------------------------------------
+    # ---- systemd and the end ---------------------------------------------------------------------
+    def status_line(self) -> str:
+        ready = sum(s.comfy_state.state == S.RUNNING and not s.fatal for s in self.slots)
+        fatal = sum(s.fatal for s in self.slots)
+        busy = sum(s.current_job is not None for s in self.slots)
+        word = "draining; " if self.draining else ""
+        return f"{word}{len(self.slots)} slot(s): {ready} ready, {fatal} fatal, {busy} job(s) running"
+
+    def tell_systemd(self) -> None:
+        if not self.ready_sent and all(s.comfy_state.state in (S.RUNNING, S.FATAL) for s in self.slots):
+            self.ready_sent = True
+            sd_notify("READY=1")
+            log.info("All slots are up (%s)", self.status_line())
+        status = self.status_line()
+        if status != self.last_status:
+            self.last_status = status
+            sd_notify(f"STATUS={status}")
+
+    def all_fatal(self) -> bool:
+        if not self.slots or not all(s.fatal for s in self.slots):
+            return False
+        config_fault = all(s.fatal_is_config for s in self.slots)
+        self.exit_code = exits.EXIT_CONFIG if config_fault else exits.EXIT_FAILURE
+        log.error("Every slot is FATAL; stopping (exit code %d)", self.exit_code)
+        for slot in self.slots:
+            slot.worker.send(Command(Down.STOP))
+        return True
+
     def drained(self, now: float) -> bool:
-        running = [s for s in self.slots if s.worker.poll() is None and s.worker.process is not None]
+        running = [s for s in self.slots if s.worker.process is not None and s.worker.poll() is None]
         if not running:
             return True
         if now > self.drain_deadline:
@@ -307,8 +405,10 @@ class Supervisor:
         for slot in self.slots:
             slot.worker.terminate(grace)
             slot.worker.close_channels()
+            slot.worker.pidfile.unlink(missing_ok=True)
         for slot in self.slots:
             if slot.comfy.proc is not None and slot.comfy.poll() is None:
                 code = slot.comfy.stop(grace)
                 log.info("%s: ComfyUI stopped (%s)", slot.name, describe_status(code))
+        self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("Supervisor stopped")

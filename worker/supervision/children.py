@@ -2,21 +2,28 @@
 
 A started ComfyUI gets its own session (so TERM/KILL reach its whole process group), a parent-death
 signal (it dies with the supervisor even on SIGKILL), its GPU pinned by UUID, its own port,
-directories and database, and its output appended to ``<work_dir>/<slot>/comfyui.log``. An attached
-ComfyUI is only probed. Workers are ``spawn``-context processes with a fresh report and command queue.
+directories and database, and its output copied to the rotating ``<work_dir>/<slot>/comfyui.log``.
+An attached ComfyUI is only probed. Workers are ``spawn``-context processes with a fresh report and
+command queue. Each child's pid (with its start time) is kept in ``<slot>/*.pid``, so a supervisor
+started after a crash kills what is left of its own slots, and nothing else.
 """
 from __future__ import annotations
 
+import collections
 import ctypes
+import json
 import logging
+import logging.handlers
 import multiprocessing
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import requests
 
 from worker.config import Config
@@ -25,7 +32,7 @@ from worker.jobs.loop import SlotSpec, worker_process_main
 log = logging.getLogger(__name__)
 
 PR_SET_PDEATHSIG = 1
-LOG_TAIL_BYTES = 4096
+TAIL_LINES = 40
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,72 @@ def comfy_env(config: Config, plan: SlotPlan) -> dict[str, str]:
     return env
 
 
+class ComfyOutput:
+    """Copies a ComfyUI's merged stdout/stderr into its rotating ``comfyui.log`` and keeps the tail."""
+
+    def __init__(self, name: str, path: Path, max_bytes: int, backups: int) -> None:
+        self.tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+        self._logger = logging.getLogger(f"comfyui-output.{name}")
+        self._logger.propagate = False
+        self._logger.setLevel(logging.INFO)
+        if not self._logger.handlers:
+            handler = logging.handlers.RotatingFileHandler(path, maxBytes=max_bytes or 0,
+                                                           backupCount=backups, encoding="utf-8")
+            handler.setFormatter(logging.Formatter("%(message)s"))
+            self._logger.addHandler(handler)
+        self._thread: threading.Thread | None = None
+
+    def write(self, line: str) -> None:
+        self.tail.append(line)
+        self._logger.info(line)
+
+    def follow(self, stream) -> None:
+        def pump() -> None:
+            for raw in iter(stream.readline, b""):
+                self.write(raw.decode("utf-8", "replace").rstrip("\n"))
+            stream.close()
+
+        self._thread = threading.Thread(target=pump, daemon=True, name=f"{self._logger.name}-pump")
+        self._thread.start()
+
+    def finish(self, timeout: float = 1.0) -> str:
+        """Wait (briefly) for the last lines of an exited process; returns the tail."""
+        if self._thread is not None:
+            self._thread.join(timeout)
+        return "\n".join(self.tail)
+
+
+def write_pidfile(path: Path, pid: int) -> None:
+    try:
+        created = psutil.Process(pid).create_time()
+    except psutil.Error:
+        created = 0.0
+    path.write_text(json.dumps({"pid": pid, "create_time": created}))
+
+
+def kill_leftover(path: Path, what: str) -> bool:
+    """Kill the process (and its group) a pidfile names, if it is still the one we started."""
+    try:
+        data = json.loads(path.read_text())
+        proc = psutil.Process(int(data["pid"]))
+        if abs(proc.create_time() - float(data["create_time"])) > 0.01:
+            return False
+    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
+        return False
+    finally:
+        path.unlink(missing_ok=True)
+    log.warning("Found a leftover %s (pid %d) from an earlier run; killing it", what, proc.pid)
+    try:
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, signal.SIGKILL)
+        else:
+            proc.kill()
+        proc.wait(5)
+    except (OSError, psutil.Error):
+        pass
+    return True
+
+
 class ComfyProcess:
     """One slot's ComfyUI: a child we started, or an address we attach to."""
 
@@ -84,7 +157,9 @@ class ComfyProcess:
         self.plan = plan
         self.slot_dir = Path(config.comfy.work_dir).resolve() / plan.name
         self.log_path = self.slot_dir / "comfyui.log"
+        self.pidfile = self.slot_dir / "comfyui.pid"
         self.proc: subprocess.Popen | None = None
+        self.output: ComfyOutput | None = None
         self.started_at = 0.0
 
     @property
@@ -102,13 +177,18 @@ class ComfyProcess:
             return
         for sub in ("input", "output", "temp", "user"):
             (self.slot_dir / sub).mkdir(parents=True, exist_ok=True)
+        kill_leftover(self.pidfile, f"ComfyUI of {self.plan.name}")
+        if self.output is None:
+            sup = self.config.supervisor
+            self.output = ComfyOutput(self.plan.name, self.log_path, sup.log_max_bytes, sup.log_backups)
         cmd = comfy_command(self.config, self.plan, self.slot_dir)
-        with open(self.log_path, "ab") as log_file:
-            log_file.write(f"\n==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}\n".encode())
-            log_file.flush()
-            self.proc = subprocess.Popen(cmd, cwd=self.config.comfy.cwd or None, env=comfy_env(self.config, self.plan),
-                                         stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                                         start_new_session=True, preexec_fn=_die_with_parent)
+        self.output.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}")
+        self.output.tail.clear()
+        self.proc = subprocess.Popen(cmd, cwd=self.config.comfy.cwd or None, env=comfy_env(self.config, self.plan),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=_die_with_parent)
+        self.output.follow(self.proc.stdout)
+        write_pidfile(self.pidfile, self.proc.pid)
         log.info("%s: started ComfyUI (pid %d) on port %d, log %s", self.plan.name, self.proc.pid,
                  self.plan.port, self.log_path)
 
@@ -116,7 +196,7 @@ class ComfyProcess:
         """The exit status once the process has exited (and is reaped), else None."""
         return self.proc.poll() if self.proc else None
 
-    def probe(self, timeout: float = 1.0) -> bool:
+    def probe(self, timeout: float = 2.0) -> bool:
         try:
             return requests.get(self.plan.comfy_url + "/system_stats", timeout=timeout).status_code == 200
         except requests.RequestException:
@@ -135,19 +215,17 @@ class ComfyProcess:
             return None
         self.signal_group(signal.SIGTERM)
         try:
-            return self.proc.wait(grace)
+            code = self.proc.wait(grace)
         except subprocess.TimeoutExpired:
             self.signal_group(signal.SIGKILL)
-            return self.proc.wait(5)
+            code = self.proc.wait(5)
+        self.pidfile.unlink(missing_ok=True)
+        return code
 
-    def log_tail(self) -> str:
-        try:
-            with open(self.log_path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - LOG_TAIL_BYTES))
-                return fh.read().decode("utf-8", "replace")
-        except OSError:
-            return ""
+    def exited_tail(self) -> str:
+        """The last lines it printed, once it has exited."""
+        self.pidfile.unlink(missing_ok=True)
+        return self.output.finish() if self.output else ""
 
 
 class WorkerProcess:
@@ -160,6 +238,7 @@ class WorkerProcess:
         self.process = None
         self.reports = None
         self.commands = None
+        self.pidfile = Path(config.comfy.work_dir).resolve() / plan.name / "worker.pid"
         self.started_at = 0.0
         self.last_heartbeat = 0.0
 
@@ -173,7 +252,10 @@ class WorkerProcess:
         self.process = self.ctx.Process(target=worker_process_main, name=f"worker-{self.plan.name}",
                                         args=(self.config, self.plan.spec, self.reports, self.commands,
                                               os.getpid()))
+        self.pidfile.parent.mkdir(parents=True, exist_ok=True)
+        kill_leftover(self.pidfile, f"worker of {self.plan.name}")
         self.process.start()
+        write_pidfile(self.pidfile, self.process.pid)
         self.started_at = self.last_heartbeat = time.monotonic()
         log.info("%s: started worker (pid %d)", self.plan.name, self.process.pid)
 

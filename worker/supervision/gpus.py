@@ -39,7 +39,8 @@ def discover() -> Discovery:
     except pynvml.NVMLError as exc:
         return Discovery((), f"NVML is not available ({exc}): no NVIDIA driver on this machine")
     try:
-        return Discovery(tuple(_read_gpu(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount())))
+        found = tuple(_read_gpu(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount()))
+        return Discovery(found, "" if found else "NVML lists no GPU on this machine")
     except pynvml.NVMLError as exc:
         return Discovery((), f"NVML failed while listing GPUs ({exc})")
     finally:
@@ -56,16 +57,24 @@ def _read_gpu(pynvml, index: int) -> Gpu:
                memory_total=int(pynvml.nvmlDeviceGetMemoryInfo(handle).total))
 
 
-def select(found: tuple[Gpu, ...], wanted: str | tuple[str, ...]) -> tuple[Gpu, ...]:
-    """Apply ``gpus: all | none | [index or UUID, ...]`` (pure)."""
-    if wanted == "all":
-        return found
+def _matches(gpu: Gpu, item: str) -> bool:
+    return item == str(gpu.index) or item.lower() == gpu.uuid.lower()
+
+
+def select(found: tuple[Gpu, ...], wanted: str | tuple[str, ...], exclude: tuple[str, ...] = ()) -> tuple[Gpu, ...]:
+    """Apply ``gpus: all | none | [index or UUID, ...]`` and ``gpus_exclude`` (pure; PCI order kept)."""
     if wanted == "none":
         return ()
-    chosen = []
-    for item in wanted:
-        match = [g for g in found if item == str(g.index) or item.lower() == g.uuid.lower()]
-        if not match:
-            log.warning("gpus: %s matches no GPU NVML lists; skipped", item)
-        chosen.extend(g for g in match if g not in chosen)
-    return tuple(chosen)
+    if wanted == "all":
+        chosen = list(found)
+    else:
+        chosen = []
+        for item in wanted:
+            match = [g for g in found if _matches(g, item)]
+            if not match:
+                log.warning("gpus: %s matches no GPU NVML lists; skipped", item)
+            chosen.extend(g for g in match if g not in chosen)
+    for item in exclude:
+        if not any(_matches(g, item) for g in found):
+            log.warning("gpus_exclude: %s matches no GPU NVML lists", item)
+    return tuple(g for g in chosen if not any(_matches(g, item) for item in exclude))

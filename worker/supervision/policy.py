@@ -25,6 +25,7 @@ class Verdict:
     action: str          # "restart" | "fatal"
     delay: float
     reason: str
+    config_fault: bool = False   # restarting cannot help until a person changes something
 
 
 def describe_status(code: int | None) -> str:
@@ -47,9 +48,9 @@ def decide_restart(code: int | None, crash_times: Sequence[float], now: float, p
     is FATAL at once: restarting cannot help.
     """
     if code == exits.EXIT_CONFIG:
-        return Verdict("fatal", 0.0, "exited with the configuration-error code 2")
+        return Verdict("fatal", 0.0, "exited with the configuration-error code 2", True)
     if NO_GPU_MARKER in log_tail:
-        return Verdict("fatal", 0.0, f"ComfyUI says '{NO_GPU_MARKER}': its GPU pin matches no device")
+        return Verdict("fatal", 0.0, f"ComfyUI says '{NO_GPU_MARKER}': its GPU pin matches no device", True)
     recent = [t for t in crash_times if now - t <= policy.restart_window]
     if len(recent) > policy.max_restarts:
         return Verdict("fatal", 0.0, f"{len(recent)} crashes within {policy.restart_window:g} s")
