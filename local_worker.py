@@ -10,16 +10,14 @@ failed). A file named by ``WORKER_SENTINEL_FILE`` (default ``.worker_stop``) als
 """
 from __future__ import annotations
 
-import queue
 import signal
 import sys
-import threading
 
 import click
 
 from worker import exits
 from worker.config import ConfigError, comfy_base_url, load_config
-from worker.jobs.loop import SlotSpec, Worker
+from worker.jobs.loop import SlotSpec, Worker, install_drain_signals
 from worker.logs import setup_logging
 
 DEFAULT_COMFY_HOST = "127.0.0.1:8188"
@@ -47,28 +45,8 @@ def main(api_url: str | None, poll_interval: float | None, max_retries: int | No
         sys.exit(exits.EXIT_CONFIG)
     setup_logging("local-worker", config.logging.level, config.logging.format, config.secrets())
     worker = Worker(config, SlotSpec("local", f"ComfyUI at {comfy_url}", comfy_url))
-    install_signal_handlers(worker)
+    install_drain_signals(worker, (signal.SIGTERM, signal.SIGINT))
     sys.exit(worker.run())
-
-
-def install_signal_handlers(worker: Worker) -> None:
-    """First SIGTERM/SIGINT: finish the running job, then exit. Second: stop at once.
-
-    The handler only records the signal (``SimpleQueue.put`` is safe there); a thread acts on it.
-    """
-    received: queue.SimpleQueue[int] = queue.SimpleQueue()
-
-    def act() -> None:
-        while True:
-            received.get()
-            if worker.draining.is_set():
-                worker.request_stop()
-            else:
-                worker.request_drain()
-
-    threading.Thread(target=act, daemon=True, name="signals").start()
-    signal.signal(signal.SIGTERM, lambda signum, frame: received.put(signum))
-    signal.signal(signal.SIGINT, lambda signum, frame: received.put(signum))
 
 
 if __name__ == "__main__":

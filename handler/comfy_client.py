@@ -93,9 +93,10 @@ class ComfyClient:
         self._check(response, "/view")
         return response.content
 
-    def interrupt(self, prompt_id: str) -> None:
-        """Ask ComfyUI to stop ``prompt_id`` if it is the running prompt; never raises."""
+    def cancel(self, prompt_id: str) -> None:
+        """Stop ``prompt_id`` whether it runs (interrupt) or still waits (queue delete); never raises."""
         try:
+            self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=5)
             self._request("POST", "/interrupt", json={"prompt_id": prompt_id}, timeout=5)
         except ComfyUnavailable:
             pass

@@ -88,7 +88,8 @@ class EventStream:
             self._ws = None
 
     def __enter__(self) -> "EventStream":
-        self.connect()
+        if self._ws is None:
+            self.connect()
         return self
 
     def __exit__(self, *exc: object) -> None:

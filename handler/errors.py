@@ -43,7 +43,11 @@ class PermanentError(WorkerError):
 
 
 class ComfyUnavailable(TransientError):
-    """ComfyUI refused the connection, timed out, or went away during the job."""
+    """ComfyUI refused the connection, timed out, or went away during the job.
+
+    ``before_prompt`` is True when nothing of the job had run yet, so it can be tried again as is."""
+
+    before_prompt = False
 
 
 class StorageError(TransientError):
@@ -51,7 +55,9 @@ class StorageError(TransientError):
 
 
 class ApiUnavailable(TransientError):
-    """GmAnimato answered 5xx or could not be reached."""
+    """GmAnimato answered 5xx or could not be reached. ``orphaned``: a job was likely claimed anyway."""
+
+    orphaned = False
 
 
 class InputError(PermanentError):

@@ -7,12 +7,22 @@ from __future__ import annotations
 
 import base64
 import binascii
+from urllib.parse import urlsplit
 
 import requests
 
 from handler.errors import InputError, TransientError
 
 MAX_INPUT_BYTES = 100 * 1024 * 1024   # ComfyUI's default --max-upload-size
+
+
+def display_url(url: str) -> str:
+    """A URL without its query string or credentials, for messages (signed URLs carry secrets there)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return f"{parts.scheme}://{host}{parts.path}" + ("?…" if parts.query else "")
 
 
 def is_url(source: str) -> bool:
@@ -40,12 +50,13 @@ def download(name: str, url: str, session: requests.Session, timeout: float = 60
     try:
         with session.get(url, timeout=timeout, stream=True) as response:
             if 400 <= response.status_code < 500:
-                raise InputError(f"input {name}: {url} answered HTTP {response.status_code}")
+                raise InputError(f"input {name}: {display_url(url)} answered HTTP {response.status_code}")
             if response.status_code >= 500:
-                raise TransientError(f"input {name}: {url} answered HTTP {response.status_code}")
+                raise TransientError(f"input {name}: {display_url(url)} answered HTTP {response.status_code}")
             return _read_limited(name, response, limit)
     except requests.RequestException as exc:
-        raise TransientError(f"input {name}: cannot download {url} ({exc})") from exc
+        raise TransientError(f"input {name}: cannot download {display_url(url)} "
+                             f"({type(exc).__name__})") from exc
 
 
 def _read_limited(name: str, response: requests.Response, limit: int) -> bytes:

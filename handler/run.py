@@ -66,9 +66,19 @@ class Result:
 def run_job(request: ExecutionRequest, deps: ExecutionDeps) -> Result:
     """Run ``request`` on ComfyUI and store its outputs; raises a WorkerError on any failure."""
     started = time.monotonic()
-    upload_inputs(request, deps)
-    with EventStream(deps.comfy.ws_url, deps.client_id) as stream:
-        node_errors = deps.comfy.queue_prompt(request.workflow, deps.client_id, request.prompt_id)
+    try:
+        upload_inputs(request, deps)
+        stream = EventStream(deps.comfy.ws_url, deps.client_id)
+        stream.connect()
+    except ComfyUnavailable as exc:
+        exc.before_prompt = True        # nothing ran yet: the caller may retry once ComfyUI is back
+        raise
+    with stream:
+        try:
+            node_errors = deps.comfy.queue_prompt(request.workflow, deps.client_id, request.prompt_id)
+        except ComfyUnavailable as exc:
+            exc.before_prompt = "connection refused" in exc.message
+            raise
         warn_partial(request, node_errors)
         watch = follow_prompt(stream, w.start_watch(request.prompt_id, request.workflow,
                                                     request.node_weights), deps)
@@ -79,6 +89,7 @@ def run_job(request: ExecutionRequest, deps: ExecutionDeps) -> Result:
 
 def upload_inputs(request: ExecutionRequest, deps: ExecutionDeps) -> None:
     for item in request.inputs:
+        stop_if_aborted(deps, "before uploading inputs")
         data = load_input(item.name, item.source, deps.session)
         deps.comfy.upload_input(item.name, data)
         log.debug("%s: uploaded input %s (%d bytes)", request.label, item.name, len(data))
@@ -112,13 +123,19 @@ def follow_prompt(stream: EventStream, watch: w.PromptWatch, deps: ExecutionDeps
     return watch
 
 
+def stop_if_aborted(deps: ExecutionDeps, where: str) -> None:
+    reason = deps.abort()
+    if reason:
+        raise ComfyUnavailable(f"{reason} {where}")
+
+
 def check_abort(watch: w.PromptWatch, deps: ExecutionDeps, deadline: float) -> None:
     reason = deps.abort()
     if reason:
-        deps.comfy.interrupt(watch.prompt_id)
+        deps.comfy.cancel(watch.prompt_id)
         raise ComfyUnavailable(f"{reason} while running {watch.describe_node(watch.current_node)}")
     if time.monotonic() > deadline:
-        deps.comfy.interrupt(watch.prompt_id)
+        deps.comfy.cancel(watch.prompt_id)
         raise ExecutionFailed(f"prompt ran longer than {deps.job_timeout:g} s (comfy.job_timeout) and was "
                               f"interrupted at {watch.describe_node(watch.current_node)}")
 
@@ -148,25 +165,28 @@ def recover_stream(stream: EventStream, watch: w.PromptWatch, deps: ExecutionDep
 
 def catch_up(watch: w.PromptWatch, deps: ExecutionDeps) -> w.PromptWatch:
     entry = deps.comfy.history(watch.prompt_id)
+    if entry is None and not deps.comfy.is_queued(watch.prompt_id):
+        entry = deps.comfy.history(watch.prompt_id)     # it may have finished between the two calls
+        if entry is None:
+            raise ComfyUnavailable(f"ComfyUI at {deps.comfy.base_url} restarted and lost the prompt while "
+                                   f"running {watch.describe_node(watch.current_node)}")
     if entry is not None:
         return w.apply_history(watch, entry)
-    if not deps.comfy.is_queued(watch.prompt_id):
-        raise ComfyUnavailable(f"ComfyUI at {deps.comfy.base_url} restarted and lost the prompt while "
-                               f"running {watch.describe_node(watch.current_node)}")
-    log.info("prompt %s: websocket reconnected, prompt still running", watch.prompt_id)
+    log.debug("prompt %s: still queued or running", watch.prompt_id)
     return watch
 
 
 def confirm_outputs(watch: w.PromptWatch, deps: ExecutionDeps) -> list[out.OutputRef]:
-    """Output files named by the ``executed`` frames, confirmed (or completed) by ``/history``."""
-    entry = None
+    """Output files named by the ``executed`` frames, confirmed (or completed) by ``/history``.
+
+    ``/history`` can still be ``{}`` just after ``execution_success``: when the frames already name a
+    video it is asked once, otherwise polled for up to ``HISTORY_WAIT`` seconds."""
+    named_video = any(ref.is_video for ref in out.collect_outputs(watch.executed, None))
+    entry = deps.comfy.history(watch.prompt_id)
     deadline = time.monotonic() + HISTORY_WAIT
-    while entry is None and time.monotonic() < deadline:
+    while entry is None and not named_video and time.monotonic() < deadline:
+        time.sleep(0.05)
         entry = deps.comfy.history(watch.prompt_id)
-        if entry is None:
-            if watch.executed:
-                break
-            time.sleep(0.05)
     history_outputs = entry.get("outputs") if isinstance(entry, dict) else None
     return out.collect_outputs(watch.executed, history_outputs if isinstance(history_outputs, dict) else None)
 
@@ -180,6 +200,7 @@ def store_outputs(refs: list[out.OutputRef], request: ExecutionRequest, deps: Ex
                               skipped)
     files = []
     for ref in refs:
+        stop_if_aborted(deps, f"before storing {ref.filename}")
         data = deps.comfy.fetch_output(ref.filename, ref.subfolder, ref.type)
         files.append(deps.store.store(request.key_prefix, ref.delivery_name, data))
         log.debug("%s: stored %s (%d bytes)", request.label, ref.delivery_name, len(data))

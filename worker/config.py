@@ -8,6 +8,7 @@ environment, and it reads it only when :func:`load_config` is called.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import typing
 from collections.abc import Mapping
@@ -274,6 +275,8 @@ def _coerce_number(dotted: str, hint: type, value: Any) -> int | float:
         number = float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{dotted}: must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{dotted}: must be a finite number, got {value!r}")
     if hint is int:
         if number != int(number):
             raise ConfigError(f"{dotted}: must be a whole number, got {value!r}")
@@ -350,7 +353,11 @@ def _validate(config: Config) -> None:
 
 
 def _validate_url(dotted: str, url: str) -> None:
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError:
+        raise ConfigError(f"{dotted}: not a valid URL, got {url!r}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"{dotted}: must be an http:// or https:// URL, got {url!r}")
 
@@ -367,11 +374,11 @@ def comfy_base_url(address: str) -> str:
     text = address.strip().rstrip("/")
     if "://" not in text:
         text = "http://" + text
-    parts = urlsplit(text)
     try:
-        port = parts.port
+        parts = urlsplit(text)
+        parts.port  # raises ValueError for a port that is not a number in 0-65535
     except ValueError:
-        port = None
-    if parts.scheme not in ("http", "https") or not parts.hostname or (parts.port is None and port):
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
         raise ConfigError(f"comfy.attach: not a ComfyUI address (host:port or URL), got {address!r}")
     return text

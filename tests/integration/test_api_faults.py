@@ -97,3 +97,71 @@ def test_api_gone_for_ten_seconds_is_survived(comfy_port, processes, tmp_path):
         assert worker.wait(20) == 0
     finally:
         sim.stop()
+
+
+@pytest.fixture
+def own_gmanimato(tmp_path):
+    """Start a private simulated GmAnimato with extra flags: ``own_gmanimato(*flags)``."""
+    from tests.integration.conftest import GmAnimato
+
+    sims = []
+
+    def start(*flags: str) -> GmAnimato:
+        sim = start_sim("worker.sim.gmanimato", ["--port", "0", "--secret", SECRET, *flags], GMANIMATO_READY)
+        sims.append(sim)
+        return GmAnimato(sim.url, sim)
+
+    yield start
+    for sim in sims:
+        sim.stop()
+
+
+@pytest.mark.timeout(90)
+def test_result_too_large_for_the_webhook_becomes_a_failed_report(own_gmanimato, comfy_port, processes,
+                                                                  tmp_path):
+    gma = own_gmanimato("--body-limit", "524288")
+    vid = gma.add_job(template="i2v", patch={"16": {"_meta": {"sim": {"output_size": 600_000}}}})
+    small = gma.add_job(template="i2v", patch={"16": {"_meta": {"sim": {"output_size": 1000}}}})
+    worker = start_worker(processes, tmp_path, gma.url, comfy_port)
+    rows = gma.wait_final([vid, small])
+    assert [h["status"] for h in finals(gma, vid)] == [413, 201]
+    last = finals(gma, vid)[-1]["body"]
+    assert last["status"] == "failed" and "configure storage.s3" in last["error"]
+    assert rows[vid]["status"] == "failed" and rows[small]["status"] == "completed"
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("reachable", [True, False], ids=["redirect", "unreachable-origin"])
+def test_bad_callback_falls_back_to_the_derived_url(own_gmanimato, comfy_port, processes, tmp_path, reachable):
+    port = free_port()
+    origin = f"http://127.0.0.2:{port if reachable else 1}"
+    gma = own_gmanimato("--host", "127.0.0.1", "--host", "127.0.0.2", "--port", str(port), "--origin", origin)
+    if reachable:
+        gma.faults(webhook={"*:final": [308]})
+    vid = gma.add_job(template="i2v")
+    worker = start_worker(processes, tmp_path, gma.url, comfy_port)
+    rows = gma.wait_final([vid])
+    assert rows[vid]["status"] == "completed"
+    why = "answered a redirect (HTTP 308)" if reachable else "is unreachable"
+    assert f"{origin}/api/i2v-webhook/{vid} {why}; using http://127.0.0.1:{port}/api/i2v-webhook/{vid}" \
+        in worker.output()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0
+
+
+@pytest.mark.timeout(90)
+def test_server_side_claim_failures_are_logged_each_time(own_gmanimato, comfy_port, processes, tmp_path):
+    gma = own_gmanimato()
+    gma.add_job(template="i2v", claim_error="no_workflow")
+    good = gma.add_job(template="i2v")
+    tree = base_config(gma.url, tmp_path, comfy={"mode": "attach", "attach": [f"127.0.0.1:{comfy_port}"]})
+    tree["api"]["auth_retry_interval"] = 0.5
+    worker = processes.start("worker", [sys.executable, "local_worker.py", "--config",
+                                        str(write_config(tmp_path / "w.yaml", tree))])
+    rows = gma.wait_final([good])
+    assert rows[good]["status"] == "completed"
+    assert "stays processing there" in worker.output()
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) == 0

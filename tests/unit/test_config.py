@@ -80,6 +80,11 @@ def test_secret_file_relative_to_config(tmp_path):
     ("logging: {level: loud}", "logging.level: must be one of"),
     ("api: {secret_file: /nonexistent/secret}", "api.secret_file: cannot read"),
     ("- just\n- a list", "the top level must be a mapping"),
+    ("api: {poll_interval: .nan}", "api.poll_interval: must be a finite number"),
+    ("webhook: {max_retries: .inf}", "webhook.max_retries: must be a finite number"),
+    ("api: {url: 'http://gm:99999'}", "api.url: not a valid URL"),
+    ("comfy: {mode: attach, attach: ['host:abc']}", "comfy.attach: not a ComfyUI address"),
+    ("storage: {s3: {endpoint_url: 'http://s3:9000'}}", "storage.s3.bucket: required"),
     ("api: [unclosed", "not valid YAML"),
 ])
 def test_bad_values_name_the_key(tmp_path, text, message):
@@ -100,3 +105,10 @@ def test_cli_exits_2_with_one_line_naming_the_key(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
     assert result.stderr.strip() == "config error: api.poll_interval: must be > 0, got -1"
+
+
+def test_bad_env_values_name_the_key():
+    with pytest.raises(ConfigError, match="comfy.attach: not a ComfyUI address"):
+        load_config(None, env={"COMFY_HOST": "127.0.0.1:99999"})
+    with pytest.raises(ConfigError, match="api.poll_interval: must be a finite number"):
+        load_config(None, env={"WORKER_POLL_INTERVAL": "nan"})

@@ -81,9 +81,11 @@ def test_early_shape_without_workflow_fails_reportably():
     (lambda t: t["input"].__setitem__("node_weights", [1]), "node_weights must be an object"),
     (lambda t: t["input"]["node_weights"].__setitem__("44", "heavy"), "node_weights\\['44'\\]"),
     (lambda t: t["input"].__setitem__("callback_url", "ftp://x"), "callback_url is not an http"),
+    (lambda t: t["input"].__setitem__("callback_url", "http://[::1/x"), "callback_url is not an http"),
+    (lambda t: t["input"].__setitem__("callback_url", 5), "callback_url is not an http"),
 ], ids=["no-workflow", "list-workflow", "no-class-type", "node-not-object", "inputs-not-object",
         "images-not-list", "image-path", "image-empty", "weights-not-object", "weight-not-number",
-        "bad-callback"])
+        "bad-callback", "unparsable-callback", "callback-not-string"])
 def test_bad_fields_are_named_and_reportable(mutate, message):
     t = task()
     mutate(t)

@@ -25,6 +25,17 @@ class AuthError(ApiRefused):
     """GmAnimato refused our credentials or our URL: a person must fix the configuration."""
 
 
+class ServerMisconfigured(ApiRefused):
+    """GmAnimato answered 500 for a setup fault of its own (secret or default workflow missing).
+
+    ``orphaned`` is True when the server had already claimed a job before failing (contract §1): that
+    job now stays ``processing`` on the server and no worker can report it."""
+
+    def __init__(self, message: str, status: int | None = None, orphaned: bool = False) -> None:
+        super().__init__(message, status)
+        self.orphaned = orphaned
+
+
 class GmAnimatoClient:
     def __init__(self, base_url: str, secret: str, timeout: float = 30.0,
                  session: requests.Session | None = None) -> None:
@@ -56,7 +67,9 @@ class GmAnimatoClient:
         if 300 <= status < 400:
             raise AuthError(f"GET {TASK_PATH} was redirected to {response.headers.get('Location', '?')}: "
                             f"is api.url ({self.base_url}) the GmAnimato origin?", status)
-        if status >= 500 or status == 429:
+        if status >= 500:
+            self._raise_server_error(response)
+        if status == 429:
             raise ApiUnavailable(f"GmAnimato answered HTTP {status} to the task claim: {_body(response)}")
         if status != 200:
             raise ApiUnavailable(f"GmAnimato answered HTTP {status} to the task claim: {_body(response)}")
@@ -65,6 +78,29 @@ class GmAnimatoClient:
         except ValueError:
             raise AuthError(f"GET {TASK_PATH} answered 200 without JSON: is api.url ({self.base_url}) "
                             "the GmAnimato origin?", status) from None
+
+    def _raise_server_error(self, response: requests.Response) -> None:
+        """Map a 5xx of the task route: a known server setup fault, or a transient error."""
+        try:
+            error = str(response.json().get("error", ""))
+        except (ValueError, AttributeError):
+            error = ""
+        if error == "Worker secret not configured":
+            raise ServerMisconfigured("GmAnimato has no WORKER_TASK_SECRET configured (HTTP 500); "
+                                      "set it on the server", response.status_code)
+        if error.startswith("No ") and error.endswith(" workflow configured"):
+            raise ServerMisconfigured(
+                f"GmAnimato answered HTTP {response.status_code} {error!r}: it claimed a job and then "
+                "failed, so that job stays processing there; configure a default workflow on the server",
+                response.status_code, orphaned=True)
+        if error:
+            exc = ApiUnavailable(f"GmAnimato answered HTTP {response.status_code} {error[:200]!r} to the "
+                                 "task claim; it had probably claimed a job already, which now stays "
+                                 "processing there (contract §1)")
+            exc.orphaned = True
+            raise exc
+        raise ApiUnavailable(f"GmAnimato answered HTTP {response.status_code} to the task claim: "
+                             f"{_body(response)}")
 
     def post_webhook(self, url: str, body: dict[str, Any], timeout: float | None = None) -> int:
         """POST one webhook; returns the HTTP status. Network errors raise :class:`ApiUnavailable`."""

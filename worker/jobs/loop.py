@@ -29,13 +29,15 @@ from handler.storage import make_store
 from worker import exits
 from worker.config import Config
 from worker.jobs import pacing as pc
-from worker.jobs.api import DELIVERED, AuthError, GmAnimatoClient
-from worker.jobs.task import Job, TaskError, parse_task
+from worker.jobs.api import DELIVERED, PERMANENT, AuthError, GmAnimatoClient, ServerMisconfigured
+from worker.jobs.task import JOB_PREFIX, Job, TaskError, callback_for, parse_task
 from worker.jobs.webhooks import JobWebhooks, completed_payload, failed_payload
 from worker.supervision.policy import describe_status
 from worker.reports import Command, Down, Report, Up
 
 log = logging.getLogger(__name__)
+
+RETRY_LATER = {"status": "retry-later"}      # marker: ComfyUI went away before the job ran
 
 
 @dataclass(frozen=True)
@@ -69,6 +71,7 @@ class Worker:
                                 config.api.auth_retry_interval)
         self.jobs_done = 0
         self.sentinel = "" if supervised else config.supervisor.sentinel_file
+        self._retry_error = ""
         self._said_comfy_down = False
 
     # ---- commands and signals (any thread) -------------------------------------------------------
@@ -146,12 +149,18 @@ class Worker:
     def claim(self) -> tuple[str, dict | None]:
         try:
             task = self.api.claim()
+        except ServerMisconfigured as exc:
+            if exc.orphaned or self.pacing.last_outcome != pc.UNAUTHORIZED:
+                log.error("%s; asking again in %g s", exc, self.config.api.auth_retry_interval)
+            return pc.UNAUTHORIZED, None
         except AuthError as exc:
             if self.pacing.last_outcome != pc.UNAUTHORIZED:
                 log.error("%s; retrying every %g s", exc, self.config.api.auth_retry_interval)
             return pc.UNAUTHORIZED, None
         except ApiUnavailable as exc:
-            if self.pacing.last_outcome != pc.UNAVAILABLE:
+            if exc.orphaned:
+                log.error("%s", exc)
+            elif self.pacing.last_outcome != pc.UNAVAILABLE:
                 log.warning("%s; backing off", exc)
             return pc.UNAVAILABLE, None
         if self.pacing.last_outcome in (pc.UNAVAILABLE, pc.UNAUTHORIZED):
@@ -171,19 +180,67 @@ class Worker:
         except TaskError as exc:
             self.reject_task(task, exc)
             return
+        except Exception as exc:   # a parser bug must not lose the job: report what we can
+            self.reject_task(task, salvage_task_error(task, self.config.api.url, exc))
+            return
         log.info("Received task: %s", job.job_id)
         self.current_job = job.job_id
         self.report(Up.JOB_STARTED, job_id=job.job_id, video_id=job.video_id)
-        hooks = JobWebhooks(self.api, job.callback_url, job.job_id, self.config.webhook.max_retries,
-                            self.config.webhook.progress_interval, self.config.webhook.retry_delay,
-                            self.config.webhook.timeout)
+        hooks = self.webhooks_for(job.job_id, job.video_id, job.callback_url)
         started = time.monotonic()
         body = self.execute(job, hooks)
-        delivery = hooks.final(body)
+        delivery = self.deliver(hooks, body)
         self.finish(job, body, delivery, time.monotonic() - started)
 
+    def webhooks_for(self, job_id: str, video_id: str, callback_url: str) -> JobWebhooks:
+        hook = self.config.webhook
+        return JobWebhooks(self.api, callback_url, job_id, hook.max_retries, hook.progress_interval,
+                           hook.retry_delay, hook.timeout,
+                           fallback_url=callback_for(self.config.api.url, video_id))
+
+    def deliver(self, hooks: JobWebhooks, body: dict):
+        """Send the final webhook. A ``completed`` refused for good (too large, invalid) becomes a
+        small ``failed`` one, so GmAnimato never keeps the job processing."""
+        if self.stopping.is_set():
+            hooks.max_retries = 0          # a fast stop: one try, the supervisor will not wait long
+        delivery = hooks.final(body)
+        if body["status"] == "completed" and delivery.outcome == PERMANENT and delivery.status in (400, 413):
+            reason = ("the result webhook was too large for GmAnimato (HTTP 413); configure storage.s3 so "
+                      "videos travel as URLs, not base64" if delivery.status == 413 else
+                      "GmAnimato refused the result webhook (HTTP 400)")
+            log.error("Job %s: %s; reporting it failed instead", hooks.job_id, reason)
+            body.clear()
+            body.update(failed_payload(hooks.job_id, reason))
+            delivery = hooks.final(body)
+        return delivery
+
     def execute(self, job: Job, hooks: JobWebhooks) -> dict:
-        """Run the job on ComfyUI: the final webhook body, completed or failed (never raises)."""
+        """Run the job on ComfyUI: the final webhook body, completed or failed (never raises).
+
+        When ComfyUI went away before anything of the job ran, the job waits for ComfyUI to be ready
+        again and is tried once more rather than failed."""
+        body = self.execute_once(job, hooks)
+        if body is RETRY_LATER:
+            if self.wait_for_comfy(self.config.comfy.startup_timeout):
+                log.info("Job %s: ComfyUI is back; trying again", job.job_id)
+                body = self.execute_once(job, hooks, retry=False)
+            else:
+                body = failed_payload(job.job_id, self._retry_error or "ComfyUI did not come back")
+        return body
+
+    def wait_for_comfy(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not self.stopping.is_set():
+            if self.supervised and self.comfy_ready.wait(1.0):
+                return True
+            if not self.supervised:
+                if self.comfy.probe():
+                    self.comfy_ready.set()
+                    return True
+                self.stopping.wait(1.0)
+        return False
+
+    def execute_once(self, job: Job, hooks: JobWebhooks, retry: bool = True):
         def on_progress(snapshot: dict, node_changed: bool) -> None:
             if hooks.progress(snapshot, node_changed):
                 self.report(Up.JOB_PROGRESS, job_id=job.job_id, progress=snapshot)
@@ -199,6 +256,10 @@ class Worker:
             result = run_job(request, deps)
         except ComfyUnavailable as exc:
             self.comfy_lost()
+            if retry and exc.before_prompt and not self.stopping.is_set():
+                log.warning("Job %s: %s; waiting for ComfyUI to try again", job.job_id, exc.message)
+                self._retry_error = exc.message
+                return RETRY_LATER
             return failed_payload(job.job_id, exc.message, exc.details)
         except WorkerError as exc:
             return failed_payload(job.job_id, exc.message, exc.details)
@@ -244,11 +305,9 @@ class Worker:
         if not exc.reportable:
             log.error("Task has no usable id, so GmAnimato cannot be told; it stays processing there")
             return
-        hooks = JobWebhooks(self.api, exc.callback_url, exc.job_id, self.config.webhook.max_retries,
-                            self.config.webhook.progress_interval, self.config.webhook.retry_delay,
-                            self.config.webhook.timeout)
+        hooks = self.webhooks_for(exc.job_id, exc.video_id, exc.callback_url)
         body = failed_payload(exc.job_id, str(exc))
-        delivery = hooks.final(body)
+        delivery = self.deliver(hooks, body)
         job = Job(exc.job_id, exc.video_id, {}, (), {}, exc.callback_url)
         self.report(Up.JOB_STARTED, job_id=exc.job_id, video_id=exc.video_id)
         self.finish(job, body, delivery, 0.0)
@@ -283,6 +342,7 @@ def worker_process_main(config: Config, slot: SlotSpec, reports: Any, commands: 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group; the supervisor decides
     setup_logging(f"worker-{slot.name}", config.logging.level, config.logging.format, config.secrets())
     worker = Worker(config, slot, reports.put, supervised=True)
+    install_drain_signals(worker, (signal.SIGTERM,))  # a group-wide SIGTERM drains, as the supervisor does
     threading.Thread(target=_read_commands, args=(worker, commands, parent_pid), daemon=True,
                      name="commands").start()
     threading.Thread(target=_heartbeat, args=(worker, config.supervisor.heartbeat_interval), daemon=True,
@@ -296,6 +356,37 @@ def worker_process_main(config: Config, slot: SlotSpec, reports: Any, commands: 
     reports.close()
     reports.join_thread()
     os._exit(code)
+
+
+def salvage_task_error(task: Any, api_url: str, exc: Exception) -> TaskError:
+    """A TaskError with whatever ids can be read, for a task the parser choked on."""
+    job_id = task.get("id") if isinstance(task, dict) and isinstance(task.get("id"), str) else ""
+    if isinstance(task, dict) and isinstance(task.get("job_id"), str):
+        job_id, video_id = task["job_id"], job_id
+    else:
+        video_id = job_id[len(JOB_PREFIX):] if job_id.startswith(JOB_PREFIX) else ""
+    log.exception("Task %s: the worker could not parse it", job_id or "(no id)")
+    return TaskError(f"the worker could not read this task: {type(exc).__name__}: {exc}", job_id=job_id,
+                     video_id=video_id, callback_url=callback_for(api_url, video_id) if video_id else "")
+
+
+def install_drain_signals(worker: Worker, signals: tuple[int, ...]) -> None:
+    """First signal: finish the running job, then exit. Second: stop at once (the job is reported).
+
+    The handler only records the signal (``SimpleQueue.put`` is safe there); a thread acts on it."""
+    received: queue.SimpleQueue[int] = queue.SimpleQueue()
+
+    def act() -> None:
+        while True:
+            received.get()
+            if worker.draining.is_set():
+                worker.request_stop()
+            else:
+                worker.request_drain()
+
+    threading.Thread(target=act, daemon=True, name="signals").start()
+    for signum in signals:
+        signal.signal(signum, lambda number, frame: received.put(number))
 
 
 def sentinel_present(path: str) -> bool:

@@ -134,8 +134,13 @@ def _video_id(job_id: str, body: Any) -> str:
 def _callback(value: Any, fallback: str, mode: str, ids: dict) -> str:
     if mode == "derive" or value is None or value == "":
         return fallback
-    if not isinstance(value, str) or urlsplit(value).scheme not in ("http", "https") \
-            or not urlsplit(value).hostname:
+    try:
+        parts = urlsplit(value) if isinstance(value, str) else None
+        ok = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname)
+        ok = ok and (parts.port is None or parts.port > 0)
+    except ValueError:
+        ok = False
+    if not ok:
         raise TaskError(f"task callback_url is not an http(s) URL: {value!r}", **ids)
     return value
 

@@ -59,8 +59,9 @@ class JobWebhooks:
 
     def __init__(self, api: GmAnimatoClient, url: str, job_id: str, max_retries: int,
                  progress_interval: float, retry_delay: float = 1.0, timeout: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, fallback_url: str = "") -> None:
         self.api, self.url, self.job_id = api, url, job_id
+        self.fallback_url = fallback_url   # the derived callback, tried once if the task's redirects
         self.max_retries, self.progress_interval = max_retries, progress_interval
         self.retry_delay, self.timeout, self._sleep = retry_delay, timeout, sleep
         self._cond = threading.Condition()
@@ -109,6 +110,15 @@ class JobWebhooks:
             self._cond.notify()
         self._thread.join(timeout=self.timeout + 5)
 
+    def use_fallback(self, why: str) -> bool:
+        """Switch once from the task's callback URL to the one derived from api.url (which answered
+        our claim, so it is reachable); True when switched."""
+        if not self.fallback_url or self.fallback_url == self.url:
+            return False
+        log.warning("job %s: %s %s; using %s instead", self.job_id, self.url, why, self.fallback_url)
+        self.url = self.fallback_url
+        return True
+
     def final(self, body: dict) -> Delivery:
         """Deliver the final webhook with retries; never raises."""
         self.stop_progress()
@@ -120,10 +130,13 @@ class JobWebhooks:
                 status = self.api.post_webhook(self.url, body, timeout=self.timeout)
             except ApiUnavailable as exc:
                 log.warning("job %s: %s webhook attempt %d failed: %s", self.job_id, body["status"], attempt, exc)
+                self.use_fallback("is unreachable")
                 continue
             verdict = webhook_verdict(status)
             if verdict == DELIVERED:
                 return Delivery(DELIVERED, status, attempt)
+            if 300 <= status < 400 and self.use_fallback(f"answered a redirect (HTTP {status})"):
+                continue
             if verdict == PERMANENT:
                 return Delivery(PERMANENT, status, attempt)
             log.warning("job %s: %s webhook attempt %d answered HTTP %s", self.job_id, body["status"],

@@ -75,8 +75,12 @@ def comfy_command(config: Config, plan: SlotPlan, slot_dir: Path) -> list[str]:
     return cmd + list(config.comfy.extra_args)
 
 
+SECRET_ENV = ("WORKER_TASK_SECRET", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
+
+
 def comfy_env(config: Config, plan: SlotPlan) -> dict[str, str]:
-    env = dict(os.environ)
+    """ComfyUI's environment: ours without the worker's secrets, plus ``comfy.env`` and the GPU pin."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
     env.update(config.comfy.env)
     env["CUDA_VISIBLE_DEVICES"] = plan.gpu_uuid
     env.setdefault("PYTHONUNBUFFERED", "1")

@@ -1,0 +1,258 @@
+"""The real supervisor.py process with simulated GPUs (the fake pynvml first on PYTHONPATH), simulated
+ComfyUI programs and the simulated GmAnimato: slots, restarts, FATAL, draining, orphans, systemd."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tests.conftest import ROOT, wait_until, write_config
+from tests.integration.conftest import base_config, comfy_sim_command
+
+SHIM = ROOT / "worker" / "sim" / "pynvml_shim"
+
+
+def gpu_env(gpus: str) -> dict[str, str]:
+    return {"PYTHONPATH": f"{SHIM}{os.pathsep}{ROOT}", "SIM_NVML_GPUS": gpus}
+
+
+def fake_uuids(gpus: str) -> list[str]:
+    code = ("import pynvml; pynvml.nvmlInit(); print(' '.join(pynvml.nvmlDeviceGetUUID("
+            "pynvml.nvmlDeviceGetHandleByIndex(i)) for i in range(pynvml.nvmlDeviceGetCount())))")
+    env = {**os.environ, **gpu_env(gpus)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30)
+    return out.stdout.split()
+
+
+def gpu_config(gma, tmp_path, gpus: str = "all", comfy_args=(), **sections):
+    tree = base_config(gma.url, tmp_path, gpus=gpus, **sections)
+    tree["comfy"]["command"] = comfy_sim_command(*comfy_args)
+    tree["comfy"]["env"] = {"PYTHONPATH": f"{SHIM}{os.pathsep}{ROOT}"}
+    return tree
+
+
+def start_supervisor(processes, tmp_path, tree, gpus: str, name="supervisor", env=None):
+    config = write_config(tmp_path / f"{name}.yaml", tree)
+    return processes.start(name, [sys.executable, "supervisor.py", "--config", str(config)],
+                           env={**gpu_env(gpus), **(env or {})})
+
+
+def pids(log: str, what: str) -> dict[str, list[int]]:
+    """slot -> pids in start order, from lines like 'gpu1: started ComfyUI (pid 123)'."""
+    found: dict[str, list[int]] = {}
+    for slot, pid in re.findall(rf"(\w+): started {what} \(pid (\d+)\)", log):
+        found.setdefault(slot, []).append(int(pid))
+    return found
+
+
+def slot_of_job(log: str, video_id: str) -> str | None:
+    match = re.search(rf"worker-(\w+) - INFO - Received task: local-{video_id}\b", log)
+    return match.group(1) if match else None
+
+
+def all_up(sup, count: int) -> bool:
+    return "All slots are up" in sup.output() and sup.output().count("ComfyUI ready at") >= count
+
+
+def sampler(steps: int, step_time: float) -> dict:
+    return {"44": {"_meta": {"sim": {"steps": steps, "step_time": step_time}}}}
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.timeout(150)
+def test_four_gpus_get_four_pinned_slots_and_share_twenty_jobs(gmanimato, processes, tmp_path):
+    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "4")
+    wait_until(lambda: all_up(sup, 4), 60, 0.1, "4 slots ready")
+    comfy = {p.info["pid"]: p for p in psutil.process_iter(["pid", "cmdline"])
+             if p.info["pid"] in sum(pids(sup.output(), "ComfyUI").values(), [])}
+    pins = {p.environ()["CUDA_VISIBLE_DEVICES"] for p in comfy.values()}
+    ports = {p.info["cmdline"][p.info["cmdline"].index("--port") + 1] for p in comfy.values()}
+    assert pins == set(fake_uuids("4")) and len(ports) == 4 and len(comfy) == 4
+    assert len(pids(sup.output(), "worker")) == 4
+
+    ids = [gmanimato.add_job(template="i2v", patch=sampler(6, 0.05)) for _ in range(20)]
+    rows = gmanimato.wait_final(ids, timeout=100)
+    assert all(rows[v]["status"] == "completed" and rows[v]["claimed_count"] == 1 for v in ids)
+    assert all(len([h for h in gmanimato.webhooks(v) if h["body"]["status"] == "completed"]) == 1 for v in ids)
+    assert {slot_of_job(sup.output(), v) for v in ids} == {"gpu0", "gpu1", "gpu2", "gpu3"}
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(30) == 0
+
+
+@pytest.mark.timeout(150)
+def test_two_supervisors_share_one_gmanimato_each_job_once(gmanimato, processes, tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    sups = [start_supervisor(processes, tmp_path / d, gpu_config(gmanimato, tmp_path / d), "3", name=d)
+            for d in ("a", "b")]
+    for sup in sups:
+        wait_until(lambda: all_up(sup, 3), 60, 0.1, "3 slots ready")
+    ids = [gmanimato.add_job(template="i2v", patch=sampler(4, 0.05)) for _ in range(30)]
+    rows = gmanimato.wait_final(ids, timeout=120)
+    assert all(rows[v]["status"] == "completed" and rows[v]["claimed_count"] == 1 for v in ids)
+    served = [sum(slot_of_job(s.output(), v) is not None for v in ids) for s in sups]
+    assert sum(served) == 30 and min(served) > 0
+    for sup in sups:
+        sup.signal(signal.SIGTERM)
+    for sup in sups:
+        assert sup.wait(30) == 0
+
+
+@pytest.mark.timeout(150)
+def test_comfyui_killed_mid_job_fails_that_job_and_comes_back(gmanimato, processes, tmp_path):
+    tree = gpu_config(gmanimato, tmp_path, supervisor={**base_config("", tmp_path)["supervisor"],
+                                                       "backoff_start": 3})
+    sup = start_supervisor(processes, tmp_path, tree, "3")
+    wait_until(lambda: all_up(sup, 3), 60, 0.1, "3 slots ready")
+    ids = [gmanimato.add_job(template="i2v", patch=sampler(12, 0.1)) for _ in range(9)]
+
+    def running_sampler():
+        for vid in ids:
+            if any(h["body"].get("progress", {}).get("current_node") == "44" for h in gmanimato.webhooks(vid)):
+                return vid
+        return None
+    victim = wait_until(running_sampler, 60, 0.05, "a job inside its sampler")
+    slot = slot_of_job(sup.output(), victim)
+    comfy_pid = pids(sup.output(), "ComfyUI")[slot][-1]
+    os.kill(comfy_pid, signal.SIGKILL)
+    killed_at = time.time()
+
+    rows = gmanimato.wait_final(ids, timeout=100)
+    final = [h for h in gmanimato.webhooks(victim) if h["body"]["status"] in ("completed", "failed")][-1]
+    index = slot.removeprefix("gpu")
+    assert final["body"]["status"] == "failed"
+    assert f"ComfyUI on GPU {index} exited with signal 9 (SIGKILL) while running node 44 (WanMoeKSampler)" \
+        in final["body"]["error"]
+    assert final["t"] - killed_at < 5
+    back = wait_until(lambda: len(pids(sup.output(), "ComfyUI").get(slot, [])) == 2, 30, 0.1, "a restart")
+    assert back
+    others = [v for v in ids if v != victim and slot_of_job(sup.output(), v) != slot]
+    completed_others = sorted(h["t"] for v in others for h in gmanimato.webhooks(v)
+                              if h["body"]["status"] == "completed")
+    restart_ready = killed_at + 3
+    assert any(killed_at < t < restart_ready for t in completed_others), "other slots paused"
+    assert all(rows[v]["status"] == "completed" for v in ids if v != victim)
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(30) == 0
+
+
+@pytest.mark.timeout(120)
+def test_crash_looping_comfyui_goes_fatal_others_work_and_killed_worker_restarts(gmanimato, processes, tmp_path):
+    uuids = fake_uuids("2")
+    sup_keys = {**base_config("", tmp_path)["supervisor"], "backoff_start": 0.2, "max_restarts": 3,
+                "restart_window": 120}
+    tree = gpu_config(gmanimato, tmp_path, comfy_args=("--fail-on-gpu", uuids[1]), supervisor=sup_keys)
+    sup = start_supervisor(processes, tmp_path, tree, "2")
+    wait_until(lambda: "gpu1: FATAL" in sup.output(), 60, 0.1, "gpu1 FATAL")
+    delays = [float(d) for d in re.findall(r"gpu1: restarting ComfyUI in ([\d.]+) s", sup.output())]
+    assert delays == [0.2, 0.4, 0.8]
+    wait_until(lambda: "READY" in sup.output() or "All slots are up" in sup.output(), 30, 0.1, "slots settled")
+
+    worker_pid = pids(sup.output(), "worker")["gpu0"][0]
+    os.kill(worker_pid, signal.SIGKILL)
+    wait_until(lambda: len(pids(sup.output(), "worker").get("gpu0", [])) == 2, 30, 0.1, "worker restart")
+    ids = [gmanimato.add_job(template="i2v") for _ in range(3)]
+    rows = gmanimato.wait_final(ids, timeout=60)
+    assert all(rows[v]["status"] == "completed" for v in ids)
+    assert {slot_of_job(sup.output(), v) for v in ids} == {"gpu0"}
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(30) == 0
+
+
+@pytest.mark.timeout(60)
+def test_wrong_comfy_command_says_so_in_one_line_and_exits_2(gmanimato, processes, tmp_path):
+    tree = gpu_config(gmanimato, tmp_path)
+    tree["comfy"]["command"] = ["/nonexistent/python", "main.py"]
+    sup = start_supervisor(processes, tmp_path, tree, "1")
+    assert sup.wait(30) == 2
+    lines = [l for l in sup.output().splitlines() if "/nonexistent/python" in l]
+    assert len(lines) == 1 and "No such file or directory" in lines[0], lines
+
+
+@pytest.mark.timeout(60)
+def test_gpu_pin_matching_no_device_is_fatal_at_once(gmanimato, processes, tmp_path):
+    tree = gpu_config(gmanimato, tmp_path)
+    tree["comfy"]["env"]["SIM_NVML_GPUS"] = "1"        # ComfyUI's CUDA sees one GPU, NVML two
+    sup = start_supervisor(processes, tmp_path, tree, "2")
+    wait_until(lambda: "gpu1: FATAL" in sup.output(), 30, 0.1, "gpu1 FATAL")
+    assert "No CUDA GPUs are available" in sup.output()
+    assert "gpu1: restarting ComfyUI" not in sup.output()
+    wait_until(lambda: "All slots are up" in sup.output(), 30, 0.1, "gpu0 ready")
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(30) == 0
+
+
+@pytest.mark.timeout(90)
+def test_sigterm_mid_job_finishes_the_job_then_exits_clean(gmanimato, processes, tmp_path):
+    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "1")
+    wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
+    vid = gmanimato.add_job(template="i2v", patch=sampler(20, 0.1))
+    wait_until(lambda: any(h["body"].get("progress", {}).get("current_node") == "44"
+                           for h in gmanimato.webhooks(vid)), 30, 0.05, "the sampler running")
+    children = psutil.Process(sup.pid).children(recursive=True)
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(60) == 0
+    assert gmanimato.videos()[vid]["status"] == "completed"
+    assert [h["status"] for h in gmanimato.webhooks(vid) if h["body"]["status"] == "completed"] == [201]
+    assert children and not [c.pid for c in children if alive(c.pid)]
+
+
+@pytest.mark.timeout(90)
+def test_sigkill_of_the_supervisor_leaves_no_child(gmanimato, processes, tmp_path):
+    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "2")
+    wait_until(lambda: all_up(sup, 2), 60, 0.1, "slots ready")
+    children = [c.pid for c in psutil.Process(sup.pid).children(recursive=True)]
+    assert len(children) >= 4
+    os.kill(sup.pid, signal.SIGKILL)
+    wait_until(lambda: not [pid for pid in children if alive(pid)], 5, 0.05, "every child gone within 5 s")
+
+
+@pytest.mark.timeout(90)
+def test_leftovers_of_a_crashed_run_are_removed(gmanimato, processes, tmp_path):
+    tree = gpu_config(gmanimato, tmp_path)
+    slot_dir = tmp_path / "slots" / "gpu0"
+    slot_dir.mkdir(parents=True)
+    stray = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    try:
+        (slot_dir / "comfyui.pid").write_text(json.dumps(
+            {"pid": stray.pid, "create_time": psutil.Process(stray.pid).create_time()}))
+        sup = start_supervisor(processes, tmp_path, tree, "1")
+        wait_until(lambda: stray.poll() is not None, 30, 0.05, "the leftover killed")
+        assert "leftover ComfyUI of gpu0" in sup.output()
+        wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
+        sup.signal(signal.SIGTERM)
+        assert sup.wait(30) == 0
+    finally:
+        stray.kill()
+        stray.wait()
+
+
+@pytest.mark.timeout(90)
+def test_notify_socket_gets_ready_after_the_slots(gmanimato, processes, tmp_path):
+    path = tmp_path / "notify.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        server.settimeout(60)
+        sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "2",
+                               env={"NOTIFY_SOCKET": str(path)})
+        messages = []
+        while b"READY=1" not in messages:
+            messages.append(server.recv(256))
+        assert sup.output().count("ComfyUI ready at") == 2
+        assert any(m.startswith(b"STATUS=") for m in messages) or server.recv(256).startswith(b"STATUS=")
+        sup.signal(signal.SIGTERM)
+        assert sup.wait(30) == 0
