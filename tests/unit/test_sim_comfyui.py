@@ -21,7 +21,9 @@ import requests
 import websocket
 
 from worker.sim.comfy_files import png_bytes
+from worker.sim.comfy_gpu import visible_devices
 from worker.sim.launch import COMFYUI_READY, project_root, start_sim
+from worker.sim.nvml import sim_gpus, sim_write_state
 
 SHARED = Path(__file__).resolve().parents[3] / "shared"
 I2V_TASK = SHARED / "gmanimato-tasks" / "task-i2v-with-callback.json"
@@ -678,3 +680,111 @@ def test_sigint_logs_stopped_server(tmp_path):
         wait_until(lambda: "Stopped server" in sim.lines, timeout=5)
     finally:
         sim.kill()
+
+
+# ---------------------------------------------------------------- GPUs: SIM_NVML_GPUS seen through CUDA_VISIBLE_DEVICES
+
+MIXED_GPUS = "H200,H100 80GB HBM3,L40S,A100-SXM4-80GB"
+CUDA_FAILURE = "RuntimeError: CUDA error: unspecified launch failure"
+
+
+def gpu_env(gpus: str | None = MIXED_GPUS, **changes: str | None) -> dict[str, str]:
+    return sim_env(**{"SIM_NVML_GPUS": gpus, "SIM_NVML_STATE": None, "CUDA_DEVICE_ORDER": None, **changes})
+
+
+def mixed_gpus():
+    return sim_gpus({"SIM_NVML_GPUS": MIXED_GPUS})
+
+
+def test_cuda_visible_devices_rules():
+    gpus = mixed_gpus()
+    h200, h100, l40s, a100 = gpus
+
+    def names(cvd, order=None):
+        return [g.name for g in visible_devices(gpus, cvd, order)]
+    assert visible_devices(gpus, None, "PCI_BUS_ID") == gpus
+    assert visible_devices(gpus, None) == [h200, h100, l40s, a100]       # fastest first: Hopper, Ada, Ampere
+    assert visible_devices(gpus, l40s.uuid) == [l40s]
+    assert visible_devices(gpus, l40s.uuid[:12].upper()) == [l40s]       # a unique prefix is enough
+    assert visible_devices(gpus, "3,0", "PCI_BUS_ID") == [a100, h200]
+    assert visible_devices(gpus, "0,7,1") == [h200]                      # an invalid entry ends the list
+    assert names("") == names("4") == names("-1") == names("GPU-nope") == names("GPU-") == []
+    mixed_order = sim_gpus({"SIM_NVML_GPUS": "A100-SXM4-80GB,H200"})
+    assert [g.index for g in visible_devices(mixed_order, "0")] == [1]   # the classic index mismatch
+    assert [g.index for g in visible_devices(mixed_order, "0", "PCI_BUS_ID")] == [0]
+    assert visible_devices(sim_gpus({"SIM_NVML_GPUS": "nodriver"}), None) == []
+
+
+@pytest.mark.timeout(60)
+def test_default_gpu_is_the_captured_h200(tmp_path):
+    sim = start_sim("worker.sim.comfyui", ["--port", "0", "--output-directory", str(tmp_path)], COMFYUI_READY,
+                    env=gpu_env(None, CUDA_VISIBLE_DEVICES=None))
+    try:
+        assert "Device: cuda:0 NVIDIA H200 : cudaMallocAsync" in sim.lines
+        assert any(line.startswith("Total VRAM 143156 MB,") for line in sim.lines)
+        [device] = requests.get(sim.url + "/system_stats", timeout=10).json()["devices"]
+        assert device == {"name": "cuda:0 NVIDIA H200 : cudaMallocAsync", "type": "cuda", "index": 0,
+                          "vram_total": 150109880320, "vram_free": 149557477376, "torch_vram_total": 0,
+                          "torch_vram_free": 0}
+        state = requests.get(sim.url + "/sim/state", timeout=10).json()
+        assert state["cuda_visible_devices"] is None
+        assert state["gpu_uuid"] == "GPU-23a021a5-88bc-6321-b49b-b825ccd0c1c7"
+    finally:
+        sim.stop()
+
+
+@pytest.mark.timeout(60)
+def test_pinned_by_uuid_runs_on_that_gpu(tmp_path):
+    gpu = mixed_gpus()[2]
+    sim = start_sim("worker.sim.comfyui", ["--port", "0", "--output-directory", str(tmp_path)], COMFYUI_READY,
+                    env=gpu_env(CUDA_VISIBLE_DEVICES=gpu.uuid))
+    try:
+        assert "Device: cuda:0 NVIDIA L40S : cudaMallocAsync" in sim.lines
+        [device] = requests.get(sim.url + "/system_stats", timeout=10).json()["devices"]
+        assert device["name"] == "cuda:0 NVIDIA L40S : cudaMallocAsync"
+        assert (device["type"], device["index"], device["vram_total"]) == ("cuda", 0, gpu.cuda_total)
+        assert 0 < device["vram_free"] < device["vram_total"]
+        state = requests.get(sim.url + "/sim/state", timeout=10).json()
+        assert state["cuda_visible_devices"] == gpu.uuid and state["gpu_uuid"] == gpu.uuid
+    finally:
+        sim.stop()
+
+
+@pytest.mark.timeout(60)
+def test_unknown_uuid_sees_no_gpu_and_exits_1():
+    began = time.monotonic()
+    done = run_sim_to_exit(["--port", "0", "--gpu-fail-delay", "0.05"],
+                           gpu_env(CUDA_VISIBLE_DEVICES="GPU-00000000-1111-2222-3333-444444444444"))
+    assert done.returncode == 1 and time.monotonic() - began < 20
+    assert done.stderr.strip().splitlines()[-1] == "RuntimeError: No CUDA GPUs are available"
+    assert "Device:" not in done.stderr and "To see the GUI" not in done.stderr
+
+
+@pytest.mark.timeout(60)
+def test_no_driver_sees_no_gpu():
+    done = run_sim_to_exit(["--port", "0", "--gpu-fail-delay", "0"], gpu_env("nodriver", CUDA_VISIBLE_DEVICES=None))
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == "RuntimeError: No CUDA GPUs are available"
+
+
+@pytest.mark.timeout(60)
+def test_fail_on_gpu_breaks_only_that_gpu(tmp_path):
+    broken, healthy = mixed_gpus()[1], mixed_gpus()[3]
+    flags = ["--port", "0", "--fail-on-gpu", broken.uuid, "--output-directory", str(tmp_path)]
+    done = run_sim_to_exit(flags, gpu_env(CUDA_VISIBLE_DEVICES=broken.uuid))
+    assert done.returncode == 1
+    assert CUDA_FAILURE in done.stderr.splitlines() and "To see the GUI" not in done.stderr
+    sim = start_sim("worker.sim.comfyui", flags, COMFYUI_READY, env=gpu_env(CUDA_VISIBLE_DEVICES=healthy.uuid))
+    try:
+        assert requests.get(sim.url + "/sim/state", timeout=10).json()["gpu_uuid"] == healthy.uuid
+    finally:
+        sim.stop()
+
+
+@pytest.mark.timeout(60)
+def test_lost_gpu_fails_cuda_init(tmp_path):
+    state = tmp_path / "nvml-state.json"
+    sim_write_state(state, {"lost": [2]})
+    done = run_sim_to_exit(["--port", "0", "--cuda-device", "2"],
+                           dict(gpu_env(CUDA_DEVICE_ORDER="PCI_BUS_ID"), SIM_NVML_STATE=str(state)))
+    assert done.returncode == 1 and CUDA_FAILURE in done.stderr.splitlines()

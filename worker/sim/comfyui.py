@@ -6,13 +6,20 @@ model, and is started, stopped and killed like the real program: it logs to stde
 ``To see the GUI go to: http://HOST:PORT`` once its port is bound, dies at once on SIGTERM, logs
 ``Stopped server`` on SIGINT, and exits 1 with ComfyUI's traceback when the port is taken.
 
+Without ``--cpu`` it runs on the GPU CUDA would give it: the boards of the simulated NVML (``SIM_NVML_GPUS``,
+see :mod:`worker.sim.nvml`) filtered by ``CUDA_VISIBLE_DEVICES`` as CUDA does (:mod:`worker.sim.comfy_gpu`);
+device 0 is its GPU. With none visible it exits 1 with ComfyUI's "No CUDA GPUs are available" traceback.
+
 Simulator-only flags: ``--startup-delay S``, ``--node-time S``, ``--steps N``, ``--step-time S``,
 ``--output-size BYTES``, ``--crash-on-prompt N``, ``--disable-node CLASS`` (repeatable),
-``--history-delay S``. Unknown flags are ignored, so a supervisor can pass real ComfyUI flags unchanged.
+``--history-delay S``, ``--gpu-fail-delay S`` (before the no-GPU traceback), ``--fail-on-gpu UUID``
+(repeatable: exit 1 at once with a CUDA error when pinned to that GPU). Unknown flags are ignored, so a
+supervisor can pass real ComfyUI flags unchanged.
 
 Per-node scripting, in the prompt itself: ``"_meta": {"sim": {...}}`` with keys ``error`` (+
 ``error_type``), ``sleep``, ``steps``, ``step_time``, ``output_size``, ``no_output``, ``drop_ws``,
-``crash``. ``GET /sim/state`` reports the prompts run and the files written.
+``crash``. ``GET /sim/state`` reports the prompts run, the files written, ``cuda_visible_devices`` and
+``gpu_uuid`` (the GPU it runs on, null on CPU).
 """
 from __future__ import annotations
 
@@ -28,19 +35,19 @@ import uuid
 
 from aiohttp import web
 
+from worker.sim import comfy_gpu
 from worker.sim.comfy_exec import Executor, SimConfig
 from worker.sim.comfy_files import Dirs, FileLog, input_dir_files, prepare_dirs, store_upload, view_headers, view_target
 from worker.sim.comfy_nodes import NodeSpec, known_nodes, object_info
 from worker.sim.comfy_queue import PromptQueue, QueueItem
 from worker.sim.comfy_validate import validate_prompt
 from worker.sim.comfy_ws import SocketHub
+from worker.sim.nvml import SimGpu, sim_gpus, sim_is_lost
 
 logger = logging.getLogger(__name__)
 
 COMFYUI_VERSION = "0.3.64"
 PYTORCH_VERSION = "2.14.1+cu130"
-GPU_NAME = "cuda:0 NVIDIA H200 : cudaMallocAsync"  # what the captured H200 reported
-GPU_VRAM = 150109880320
 SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 
 _BIND_TRACEBACK = """Traceback (most recent call last):
@@ -62,22 +69,7 @@ call_on_start=call_on_start)
   File "<pyenv>/versions/3.11.7/lib/python3.11/asyncio/base_events.py", line 1525, in create_server
     raise OSError(err.errno, 'error while attempting '"""
 
-_NO_GPU_TRACEBACK = """Traceback (most recent call last):
-  File "<comfyui>/main.py", line 149, in <module>
-    import execution
-  File "<comfyui>/execution.py", line 15, in <module>
-    import comfy.model_management
-  File "<comfyui>/comfy/model_management.py", line 237, in <module>
-    total_vram = get_total_memory(get_torch_device()) / (1024 * 1024)
-                                  ^^^^^^^^^^^^^^^^^^
-  File "<comfyui>/comfy/model_management.py", line 187, in get_torch_device
-    return torch.device(torch.cuda.current_device())
-                        ^^^^^^^^^^^^^^^^^^^^^^^^^^^
-  File "<venv>/lib/python3.12/site-packages/torch/cuda/__init__.py", line 1148, in current_device
-    _lazy_init()
-  File "<venv>/lib/python3.12/site-packages/torch/cuda/__init__.py", line 478, in _lazy_init
-    torch._C._cuda_init()
-RuntimeError: No CUDA GPUs are available"""
+_NO_GPU_TRACEBACK = comfy_gpu.NO_GPU_TRACEBACK
 
 
 # ---------------------------------------------------------------- command line
@@ -104,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disable-node", action="append", default=[], help="make a node class unknown")
     p.add_argument("--history-delay", type=float, default=0.05,
                    help="seconds between execution_success and filing history")
+    p.add_argument("--gpu-fail-delay", type=float, default=0.3,
+                   help="seconds before the 'No CUDA GPUs are available' exit (real: 3.5-4.7)")
+    p.add_argument("--fail-on-gpu", action="append", default=[], metavar="UUID",
+                   help="exit 1 at once with a CUDA error when cuda:0 is this GPU (repeatable)")
     return p
 
 
@@ -131,24 +127,34 @@ def log_startup(args: argparse.Namespace, dirs: Dirs) -> None:
     logger.info("Checkpoint files will always be loaded safely.")
 
 
-def log_device(args: argparse.Namespace) -> None:
-    """The device lines: CPU with ``--cpu``, else the (simulated) pinned GPU."""
+def log_device(args: argparse.Namespace, gpu: SimGpu | None) -> None:
+    """The device lines: CPU with ``--cpu`` (``gpu`` None), else the GPU it runs on."""
     ram_total = _ram()[0] // (1024 * 1024)
-    vram = ram_total if args.cpu else GPU_VRAM // (1024 * 1024)
+    vram = ram_total if gpu is None else round(gpu.cuda_total / (1024 * 1024))  # ComfyUI logs it with %0.0f
     logger.info("Total VRAM %d MB, total RAM %d MB", vram, ram_total)
     logger.info("pytorch version: %s", PYTORCH_VERSION)
-    logger.info("Set vram state to: %s", "DISABLED" if args.cpu else "NORMAL_VRAM")
-    logger.info("Device: %s", "cpu" if args.cpu else GPU_NAME)
-    logger.info("Using pytorch attention" if not args.cpu else
+    logger.info("Set vram state to: %s", "DISABLED" if gpu is None else "NORMAL_VRAM")
+    logger.info("Device: %s", "cpu" if gpu is None else comfy_gpu.device_label(gpu))
+    logger.info("Using pytorch attention" if gpu is not None else
                 "Using sub quadratic optimization for attention, if you have memory or speed issues try using: "
                 "--use-split-cross-attention")
     logger.info("Python version: %s", sys.version)
     logger.info("ComfyUI version: %s", COMFYUI_VERSION)
 
 
-def no_gpu_visible(args: argparse.Namespace) -> bool:
-    """``CUDA_VISIBLE_DEVICES`` set but empty, and not ``--cpu``: the real server cannot start."""
-    return os.environ.get("CUDA_VISIBLE_DEVICES") == "" and not args.cpu
+def cuda_device(args: argparse.Namespace) -> SimGpu | None:
+    """The GPU CUDA gives this process as ``cuda:0``, or None. ``--cuda-device N`` sets
+    ``CUDA_VISIBLE_DEVICES=N`` first, as ComfyUI does."""
+    if args.cuda_device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(args.cuda_device)
+    visible = comfy_gpu.visible_devices(sim_gpus(), os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                        os.environ.get("CUDA_DEVICE_ORDER"))
+    return visible[0] if visible else None
+
+
+def gpu_is_broken(args: argparse.Namespace, gpu: SimGpu) -> bool:
+    """``--fail-on-gpu`` names it, or ``SIM_NVML_STATE`` says it is lost."""
+    return gpu.uuid.lower() in {u.strip().lower() for u in args.fail_on_gpu} or sim_is_lost(gpu)
 
 
 # ---------------------------------------------------------------- the server object
@@ -156,8 +162,8 @@ def no_gpu_visible(args: argparse.Namespace) -> bool:
 class SimServer:
     """Routes, queue, executor and sockets of one simulated ComfyUI."""
 
-    def __init__(self, args: argparse.Namespace, dirs: Dirs) -> None:
-        self.args, self.dirs = args, dirs
+    def __init__(self, args: argparse.Namespace, dirs: Dirs, gpu: SimGpu | None = None) -> None:
+        self.args, self.dirs, self.gpu = args, dirs, gpu
         self.specs: dict[str, NodeSpec] = known_nodes(args.disable_node)
         self.number = 0
         self.files = FileLog()
@@ -197,12 +203,11 @@ class SimServer:
 
     async def get_system_stats(self, request: web.Request) -> web.Response:
         ram_total, ram_free = _ram()
-        if self.args.cpu:
+        if self.gpu is None:
             device = {"name": "cpu", "type": "cpu", "index": None, "vram_total": ram_total, "vram_free": ram_free,
                       "torch_vram_total": ram_total, "torch_vram_free": ram_free}
         else:
-            device = {"name": GPU_NAME, "type": "cuda", "index": 0, "vram_total": GPU_VRAM,
-                      "vram_free": GPU_VRAM - 552402944, "torch_vram_total": 0, "torch_vram_free": 0}
+            device = comfy_gpu.device_stats(self.gpu)
         system = {"os": os.name, "ram_total": ram_total, "ram_free": ram_free, "comfyui_version": COMFYUI_VERSION,
                   "required_frontend_version": "1.27.10", "installed_templates_version": "0.1.95",
                   "required_templates_version": "0.1.95", "python_version": sys.version,
@@ -264,7 +269,9 @@ class SimServer:
         return web.json_response({"prompts_started": self.executor.prompts_started, "history": history,
                                   "files": self.files.entries, "cache_entries": len(self.executor.cache.entries),
                                   "dirs": {"input": self.dirs.input, "output": self.dirs.output,
-                                           "temp": self.dirs.temp}})
+                                           "temp": self.dirs.temp},
+                                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                                  "gpu_uuid": self.gpu.uuid if self.gpu else None})
 
     async def not_found(self, request: web.Request) -> web.StreamResponse:
         """ComfyUI's static-file fallback: 404, empty chunked body, application/octet-stream."""
@@ -394,17 +401,21 @@ def main(argv: list[str] | None = None) -> int:
     sigint_enabled = signal.getsignal(signal.SIGINT) is signal.default_int_handler
     dirs = prepare_dirs(args.input_directory, args.output_directory, args.temp_directory, args.base_directory)
     log_startup(args, dirs)
-    if no_gpu_visible(args):
-        time.sleep(args.startup_delay * 0.4)
+    gpu = None if args.cpu else cuda_device(args)
+    if not args.cpu and gpu is None:
+        time.sleep(args.gpu_fail_delay)
         print(_NO_GPU_TRACEBACK, file=sys.stderr, flush=True)
         return 1
-    log_device(args)
+    if gpu is not None and gpu_is_broken(args, gpu):
+        print(comfy_gpu.CUDA_FAILURE_TRACEBACK, file=sys.stderr, end="", flush=True)
+        return 1
+    log_device(args, gpu)
     logger.info("Setting temp directory to: %s", dirs.temp)
     logger.info("[Prompt Server] web root: %s", args.front_end_root or "<simulated frontend>")
     time.sleep(args.startup_delay)
     logger.info("Starting server\n")
     try:
-        asyncio.run(serve(SimServer(args, dirs), sigint_enabled))
+        asyncio.run(serve(SimServer(args, dirs, gpu), sigint_enabled))
     except BindError as err:
         print(f"{_BIND_TRACEBACK}\nOSError: {err.__cause__}", file=sys.stderr, flush=True)
         return 1

@@ -39,8 +39,16 @@ def discover() -> Discovery:
     except pynvml.NVMLError as exc:
         return Discovery((), f"NVML is not available ({exc}): no NVIDIA driver on this machine")
     try:
-        found = tuple(_read_gpu(pynvml, i) for i in range(pynvml.nvmlDeviceGetCount()))
-        return Discovery(found, "" if found else "NVML lists no GPU on this machine")
+        count = pynvml.nvmlDeviceGetCount()
+        found = []
+        for index in range(count):
+            try:
+                found.append(_read_gpu(pynvml, index))
+            except pynvml.NVMLError as exc:      # one bad GPU must not hide the healthy ones
+                log.error("GPU %d: NVML cannot read it (%s); it gets no slot", index, exc)
+        problem = "" if found else ("NVML lists no GPU on this machine" if not count
+                                    else "NVML could not read any GPU")
+        return Discovery(tuple(found), problem)
     except pynvml.NVMLError as exc:
         return Discovery((), f"NVML failed while listing GPUs ({exc})")
     finally:
