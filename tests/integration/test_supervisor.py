@@ -256,3 +256,32 @@ def test_notify_socket_gets_ready_after_the_slots(gmanimato, processes, tmp_path
         assert any(m.startswith(b"STATUS=") for m in messages) or server.recv(256).startswith(b"STATUS=")
         sup.signal(signal.SIGTERM)
         assert sup.wait(30) == 0
+
+
+@pytest.mark.timeout(60)
+def test_no_driver_falls_back_to_cpu_or_exits_2(gmanimato, processes, tmp_path):
+    strict = gpu_config(gmanimato, tmp_path, cpu_fallback=False)
+    sup = start_supervisor(processes, tmp_path, strict, "nodriver", name="strict")
+    assert sup.wait(30) == 2
+    assert sup.output().strip().splitlines()[-1] == (
+        "config error: gpus: nothing to run on (NVML is not available (NVML Shared Library Not Found): "
+        "no NVIDIA driver on this machine) and cpu_fallback is false")
+    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "nodriver", name="fallback")
+    wait_until(lambda: all_up(sup, 1), 60, 0.1, "the CPU slot ready")
+    assert "No GPU to use (NVML is not available" in sup.output() and "cpu: started ComfyUI" in sup.output()
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(30) == 0
+
+
+def test_a_lost_gpu_gets_no_slot_but_the_others_do(tmp_path):
+    from worker.sim.nvml import sim_write_state
+
+    state = tmp_path / "nvml-state.json"
+    sim_write_state(str(state), {"lost": [1]})
+    code = ("from worker.supervision.gpus import discover; d = discover(); "
+            "print([g.index for g in d.gpus], repr(d.problem))")
+    env = {**os.environ, **gpu_env("3"), "SIM_NVML_STATE": str(state)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=30,
+                         cwd=ROOT)
+    assert out.stdout.strip() == "[0, 2] ''", out.stderr
+    assert "GPU 1: NVML cannot read it" in out.stderr

@@ -37,6 +37,8 @@ Helpers for the other simulators and tests (not part of pynvml): :func:`sim_gpus
 """
 from __future__ import annotations
 
+import dataclasses
+
 import ctypes
 import json
 import os
@@ -647,8 +649,38 @@ def _make_gpu(index: int, key: str) -> SimGpu:
     return SimGpu(index, model, f"GPU-{ident}", serial, 0, bus, 0x00, index, False)
 
 
+def real_gpus() -> list[SimGpu]:
+    """``SIM_NVML_GPUS=real``: the boards the installed NVML binding reports (for a smoke test of the
+    simulated ComfyUI on a real GPU machine); ``[]`` when there is no driver."""
+    import importlib
+    import sys as _sys
+
+    binding = importlib.import_module("pynvml")
+    if binding is _sys.modules[__name__]:
+        raise ValueError("SIM_NVML_GPUS=real needs the real nvidia-ml-py, not the simulated pynvml")
+    try:
+        binding.nvmlInit()
+    except binding.NVMLError:
+        return []
+    try:
+        gpus = []
+        for i in range(binding.nvmlDeviceGetCount()):
+            handle = binding.nvmlDeviceGetHandleByIndex(i)
+            name, uuid = binding.nvmlDeviceGetName(handle), binding.nvmlDeviceGetUUID(handle)
+            name = name.decode() if isinstance(name, bytes) else name
+            uuid = uuid.decode() if isinstance(uuid, bytes) else uuid
+            model = dataclasses.replace(MODELS["H200"], name=name,
+                                        memory_total=int(binding.nvmlDeviceGetMemoryInfo(handle).total))
+            gpus.append(SimGpu(i, model, uuid, "", 0, i, 0, i, False))
+        return gpus
+    finally:
+        binding.nvmlShutdown()
+
+
 def sim_gpus(environ=None) -> list[SimGpu]:
     """The GPUs ``SIM_NVML_GPUS`` configures (``[]`` with no driver), without initialising anything."""
+    if ((os.environ if environ is None else environ).get("SIM_NVML_GPUS") or "").strip() == "real":
+        return real_gpus()
     keys = parse_gpu_spec((os.environ if environ is None else environ).get("SIM_NVML_GPUS"))
     return [_make_gpu(i, key) for i, key in enumerate(keys or [])]
 
