@@ -285,3 +285,51 @@ def test_a_lost_gpu_gets_no_slot_but_the_others_do(tmp_path):
                          cwd=ROOT)
     assert out.stdout.strip() == "[0, 2] ''", out.stderr
     assert "GPU 1: NVML cannot read it" in out.stderr
+
+
+@pytest.mark.timeout(120)
+def test_hung_comfyui_and_silent_worker_are_killed_and_restarted(gmanimato, processes, tmp_path):
+    sup_keys = {**base_config("", tmp_path)["supervisor"], "probe_timeout": 2, "heartbeat_timeout": 3,
+                "heartbeat_interval": 0.5}
+    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path, supervisor=sup_keys), "1")
+    wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
+    comfy_pid = pids(sup.output(), "ComfyUI")["gpu0"][0]
+    os.kill(comfy_pid, signal.SIGSTOP)               # alive, but answers nothing
+    wait_until(lambda: len(pids(sup.output(), "ComfyUI")["gpu0"]) == 2, 30, 0.1, "ComfyUI restarted")
+    assert "ComfyUI runs but has not answered for 2 s; killing it" in sup.output()
+    wait_until(lambda: sup.output().count("ComfyUI ready at") == 2, 30, 0.1, "ComfyUI ready again")
+
+    worker_pid = pids(sup.output(), "worker")["gpu0"][0]
+    os.kill(worker_pid, signal.SIGSTOP)              # alive, but sends no heartbeat
+    wait_until(lambda: len(pids(sup.output(), "worker")["gpu0"]) == 2, 30, 0.1, "worker restarted")
+    assert "gpu0: worker sent no heartbeat" in sup.output()
+    vid = gmanimato.add_job(template="i2v")
+    assert gmanimato.wait_final([vid], timeout=60)[vid]["status"] == "completed"
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(30) == 0
+
+
+@pytest.mark.timeout(90)
+def test_second_signal_stops_at_once_and_reports_the_job(gmanimato, processes, tmp_path):
+    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "1")
+    wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
+    vid = gmanimato.add_job(template="i2v", patch=sampler(200, 0.1))
+    wait_until(lambda: any(h["body"].get("progress", {}).get("current_node") == "44"
+                           for h in gmanimato.webhooks(vid)), 30, 0.05, "the sampler running")
+    sup.signal(signal.SIGTERM)
+    wait_until(lambda: "Draining" in sup.output(), 10, 0.05, "the drain")
+    sup.signal(signal.SIGTERM)
+    assert sup.wait(30) == 0
+    final = [h for h in gmanimato.webhooks(vid) if h["body"]["status"] in ("completed", "failed")]
+    assert [h["status"] for h in final] == [201]
+    assert final[0]["body"]["status"] == "failed" and "the worker was stopped" in final[0]["body"]["error"]
+
+
+@pytest.mark.timeout(90)
+def test_sentinel_file_drains(gmanimato, processes, tmp_path):
+    tree = gpu_config(gmanimato, tmp_path)
+    sup = start_supervisor(processes, tmp_path, tree, "1")
+    wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
+    (tmp_path / ".worker_stop").write_text("")
+    assert sup.wait(30) == 0
+    assert f"Found {tmp_path / '.worker_stop'}: draining" in sup.output()
