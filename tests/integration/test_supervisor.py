@@ -66,6 +66,17 @@ def sampler(steps: int, step_time: float) -> dict:
     return {"44": {"_meta": {"sim": {"steps": steps, "step_time": step_time}}}}
 
 
+def in_sampler(gma, vid: str) -> bool:
+    return any(h["body"].get("progress", {}).get("current_node") == "44" for h in gma.webhooks(vid))
+
+
+def start_long_job(gma, steps: int) -> str:
+    """Queue a job whose sampler runs ``steps`` x 0.1 s, and wait until it is inside the sampler."""
+    vid = gma.add_job(template="i2v", patch=sampler(steps, 0.1))
+    wait_until(lambda: in_sampler(gma, vid), 30, 0.05, "the sampler running")
+    return vid
+
+
 def alive(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -120,12 +131,8 @@ def test_comfyui_killed_mid_job_fails_that_job_and_comes_back(gmanimato, process
     wait_until(lambda: all_up(sup, 3), 60, 0.1, "3 slots ready")
     ids = [gmanimato.add_job(template="i2v", patch=sampler(12, 0.1)) for _ in range(9)]
 
-    def running_sampler():
-        for vid in ids:
-            if any(h["body"].get("progress", {}).get("current_node") == "44" for h in gmanimato.webhooks(vid)):
-                return vid
-        return None
-    victim = wait_until(running_sampler, 60, 0.05, "a job inside its sampler")
+    victim = wait_until(lambda: next((v for v in ids if in_sampler(gmanimato, v)), None), 60, 0.05,
+                        "a job inside its sampler")
     slot = slot_of_job(sup.output(), victim)
     comfy_pid = pids(sup.output(), "ComfyUI")[slot][-1]
     os.kill(comfy_pid, signal.SIGKILL)
@@ -200,9 +207,7 @@ def test_gpu_pin_matching_no_device_is_fatal_at_once(gmanimato, processes, tmp_p
 def test_sigterm_mid_job_finishes_the_job_then_exits_clean(gmanimato, processes, tmp_path):
     sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "1")
     wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
-    vid = gmanimato.add_job(template="i2v", patch=sampler(20, 0.1))
-    wait_until(lambda: any(h["body"].get("progress", {}).get("current_node") == "44"
-                           for h in gmanimato.webhooks(vid)), 30, 0.05, "the sampler running")
+    vid = start_long_job(gmanimato, 20)
     children = psutil.Process(sup.pid).children(recursive=True)
     sup.signal(signal.SIGTERM)
     assert sup.wait(60) == 0
@@ -313,9 +318,7 @@ def test_hung_comfyui_and_silent_worker_are_killed_and_restarted(gmanimato, proc
 def test_second_signal_stops_at_once_and_reports_the_job(gmanimato, processes, tmp_path):
     sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "1")
     wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
-    vid = gmanimato.add_job(template="i2v", patch=sampler(200, 0.1))
-    wait_until(lambda: any(h["body"].get("progress", {}).get("current_node") == "44"
-                           for h in gmanimato.webhooks(vid)), 30, 0.05, "the sampler running")
+    vid = start_long_job(gmanimato, 200)
     sup.signal(signal.SIGTERM)
     wait_until(lambda: "Draining" in sup.output(), 10, 0.05, "the drain")
     sup.signal(signal.SIGTERM)
@@ -333,3 +336,18 @@ def test_sentinel_file_drains(gmanimato, processes, tmp_path):
     (tmp_path / ".worker_stop").write_text("")
     assert sup.wait(30) == 0
     assert f"Found {tmp_path / '.worker_stop'}: draining" in sup.output()
+
+
+@pytest.mark.timeout(60)
+def test_a_taken_port_is_skipped_and_said(gmanimato, processes, tmp_path):
+    tree = gpu_config(gmanimato, tmp_path)
+    base = tree["comfy"]["base_port"]
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", base))
+        squatter.listen()
+        sup = start_supervisor(processes, tmp_path, tree, "1")
+        wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
+        assert f"Port {base} is already taken; skipping it" in sup.output()
+        assert f"ComfyUI ready at http://127.0.0.1:{base + 1}" in sup.output()
+        sup.signal(signal.SIGTERM)
+        assert sup.wait(30) == 0

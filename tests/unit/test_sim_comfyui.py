@@ -22,6 +22,7 @@ import websocket
 
 from worker.sim.comfy_files import png_bytes
 from worker.sim.comfy_gpu import visible_devices
+from tests.conftest import wait_until as shared_wait_until
 from worker.sim.launch import COMFYUI_READY, project_root, start_sim
 from worker.sim.nvml import sim_gpus, sim_write_state
 
@@ -71,15 +72,7 @@ class Socket:
 
 
 def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02):
-    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(interval)
+    return shared_wait_until(predicate, timeout, interval)
 
 
 def texts(frames: list) -> list[dict]:
