@@ -233,6 +233,8 @@ class Worker:
         while time.monotonic() < deadline and not self.stopping.is_set():
             if self.supervised and self.comfy_ready.wait(1.0):
                 return True
+            if self.supervised and self.draining.is_set():
+                return False                 # draining: the supervisor restarts nothing any more
             if not self.supervised:
                 if self.comfy.probe():
                     self.comfy_ready.set()

@@ -95,7 +95,7 @@ class JobWebhooks:
 
     def _send_progress(self, body: dict) -> None:
         try:
-            status = self.api.post_webhook(self.url, body, timeout=min(10.0, self.timeout))
+            status = self.api.post_webhook(self.url, body, timeout=(5.0, min(10.0, self.timeout)))
         except ApiUnavailable as exc:
             log.debug("job %s: progress webhook not delivered (%s)", self.job_id, exc)
             return
@@ -108,7 +108,10 @@ class JobWebhooks:
             self._closed = True
             self._pending = None
             self._cond.notify()
-        self._thread.join(timeout=self.timeout + 5)
+        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            log.warning("job %s: a progress webhook is still in flight after 30 s; sending the final one",
+                        self.job_id)
 
     def use_fallback(self, why: str) -> bool:
         """Switch once from the task's callback URL to the one derived from api.url (which answered

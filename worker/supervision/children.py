@@ -54,12 +54,18 @@ class SlotPlan:
         return SlotSpec(self.name, self.label, self.comfy_url)
 
 
+try:   # resolved here, in the parent: the child between fork and exec should only make the call
+    _PRCTL = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):   # not Linux
+    _PRCTL = None
+
+
 def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the supervisor's thread that forked us dies."""
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass
+    """In the child, before exec: SIGKILL when the supervisor's thread that forked us dies.
+
+    The supervisor starts ComfyUI from its main thread, the one that lives as long as it does."""
+    if _PRCTL is not None:
+        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
 
 def comfy_command(config: Config, plan: SlotPlan, slot_dir: Path) -> list[str]:
