@@ -35,15 +35,20 @@ def cli(ctx: click.Context, config_path: str | None, api_url: str | None, gpus: 
 
 def run_supervisor(config_path: str | None, overrides: dict) -> int:
     from worker.supervision.arbiter import Supervisor
-    from worker.supervision.slots import plan_slots
+    from worker.supervision.children import sweep_leftovers
+    from worker.supervision.slots import GpuUnavailable, plan_slots
 
     try:
         config = load_config(config_path, overrides=overrides)
         setup_logging("supervisor", config.logging.level, config.logging.format, config.secrets())
+        sweep_leftovers(config.comfy.work_dir)
         plans = plan_slots(config)
     except ConfigError as exc:
         click.echo(f"config error: {exc}", err=True)
         return exits.EXIT_CONFIG
+    except GpuUnavailable as exc:
+        click.echo(f"error: {exc}", err=True)
+        return exits.EXIT_FAILURE
     supervisor = Supervisor(config, plans)
     supervisor.install_signal_handlers()
     return supervisor.run()

@@ -41,7 +41,7 @@ PY
 "$PY" supervisor.py --config "$work/config.yaml" >"$work/supervisor.log" 2>&1 &
 sup=$!
 for _ in $(seq 1 300); do
-  grep -q "All slots are up\|FATAL" "$work/supervisor.log" && break
+  grep -q "ComfyUI ready at\|FATAL" "$work/supervisor.log" && break
   sleep 0.2
 done
 comfy_pid=$(sed -n 's/.*gpu0: started ComfyUI (pid \([0-9]*\)).*/\1/p' "$work/supervisor.log" | head -n 1)
@@ -54,5 +54,5 @@ kill -TERM "$sup"
 wait "$sup"
 code=$?
 echo "== supervisor log (exit code $code)"
-grep -E "GPU 0|gpu0|All slots|FATAL|Supervisor stopped" "$work/supervisor.log"
-[ "$code" -eq 0 ] && grep -q "All slots are up" "$work/supervisor.log"
+grep -E "GPU 0|gpu0|READY|FATAL|Supervisor stopped" "$work/supervisor.log"
+[ "$code" -eq 0 ] && grep -q "ComfyUI ready at" "$work/supervisor.log"

@@ -96,8 +96,8 @@ class ComfyClient:
     def cancel(self, prompt_id: str) -> None:
         """Stop ``prompt_id`` whether it runs (interrupt) or still waits (queue delete); never raises."""
         try:
-            self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=5)
-            self._request("POST", "/interrupt", json={"prompt_id": prompt_id}, timeout=5)
+            self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=1)
+            self._request("POST", "/interrupt", json={"prompt_id": prompt_id}, timeout=1)
         except ComfyUnavailable:
             pass
 

@@ -72,6 +72,7 @@ class Worker:
         self.jobs_done = 0
         self.sentinel = "" if supervised else config.supervisor.sentinel_file
         self._retry_error = ""
+        self.comfy_gone = False                  # the supervisor will not bring ComfyUI back
         self._said_comfy_down = False
 
     # ---- commands and signals (any thread) -------------------------------------------------------
@@ -82,10 +83,13 @@ class Worker:
                 log.info("ComfyUI of %s is now at %s", self.slot.label, url)
                 self.comfy = ComfyClient(url, self.config.comfy.timeout)
             self.comfy_exit = None
+            self.comfy_gone = False
             self.comfy_ready.set()
         elif command.kind == Down.COMFY_EXITED:
             self.comfy_ready.clear()
-            self.comfy_exit = f"ComfyUI on {self.slot.label} exited with {describe_status(command.data.get('code'))}"
+            self.comfy_gone = bool(command.data.get("final"))
+            self.comfy_exit = command.data.get("reason") or \
+                f"ComfyUI on {self.slot.label} exited with {describe_status(command.data.get('code'))}"
         elif command.kind == Down.DRAIN:
             self.draining.set()
         elif command.kind == Down.STOP:
@@ -201,8 +205,9 @@ class Worker:
     def deliver(self, hooks: JobWebhooks, body: dict):
         """Send the final webhook. A ``completed`` refused for good (too large, invalid) becomes a
         small ``failed`` one, so GmAnimato never keeps the job processing."""
-        if self.stopping.is_set():
-            hooks.max_retries = 0          # a fast stop: one try, the supervisor will not wait long
+        if self.stopping.is_set():         # a fast stop: one short try, the supervisor will not wait long
+            hooks.max_retries = 0
+            hooks.timeout = max(1.0, min(hooks.timeout, self.config.supervisor.stop_grace - 2))
         delivery = hooks.final(body)
         if body["status"] == "completed" and delivery.outcome == PERMANENT and delivery.status in (400, 413):
             reason = ("the result webhook was too large for GmAnimato (HTTP 413); configure storage.s3 so "
@@ -233,8 +238,9 @@ class Worker:
         while time.monotonic() < deadline and not self.stopping.is_set():
             if self.supervised and self.comfy_ready.wait(1.0):
                 return True
-            if self.supervised and self.draining.is_set():
-                return False                 # draining: the supervisor restarts nothing any more
+            if self.supervised and (self.comfy_gone or self.draining.is_set()):
+                self._retry_error = self.comfy_exit or self._retry_error
+                return False                 # FATAL, or draining: nobody will restart ComfyUI
             if not self.supervised:
                 if self.comfy.probe():
                     self.comfy_ready.set()

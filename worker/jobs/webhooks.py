@@ -108,7 +108,7 @@ class JobWebhooks:
             self._closed = True
             self._pending = None
             self._cond.notify()
-        self._thread.join(timeout=30)
+        self._thread.join(timeout=min(30.0, self.timeout + 1))
         if self._thread.is_alive():
             log.warning("job %s: a progress webhook is still in flight after 30 s; sending the final one",
                         self.job_id)

@@ -7,6 +7,7 @@ thread pool so a hung ComfyUI never stalls the loop.
 """
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -31,7 +32,7 @@ from worker.supervision.states import StateHolder
 log = logging.getLogger(__name__)
 
 TICK = 0.2
-DRAIN, FAST_STOP = "drain", "stop"
+DRAIN, FAST_STOP, SIGNAL = "drain", "stop", "signal"
 PORT_IN_USE = "address already in use"
 
 
@@ -57,6 +58,8 @@ class Slot:
         self.fatal_reason = ""
         self.fatal_is_config = False
         self.current_job: str | None = None
+        self.kill_reason = ""               # why the supervisor itself killed this ComfyUI, if it did
+        self.settled = False                # ComfyUI came up, failed a first time, or is FATAL (READY=1)
 
     @property
     def name(self) -> str:
@@ -90,6 +93,8 @@ class Supervisor:
         self.ready_sent = False
         self.last_status = ""
         self.exit_code = exits.EXIT_OK
+        self.signals = 0
+        self.logged_fatal: set[str] = set()
 
     # ---- requests from signals and other threads --------------------------------------------------
     def request_drain(self) -> None:
@@ -108,7 +113,7 @@ class Supervisor:
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: drain; a second one: stop at once. Handlers only record the request."""
         def on_signal(signum: int, frame: object) -> None:
-            self.requests.put(DRAIN)
+            self.requests.put(SIGNAL)
             try:
                 os.write(self._wake_w, b"s")
             except OSError:
@@ -120,24 +125,26 @@ class Supervisor:
     # ---- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
         """Run every slot until drained (or every slot is FATAL); returns the exit code."""
-        for slot in self.slots:
-            self.start_comfy(slot, time.monotonic())
-            self.start_worker(slot, time.monotonic())
-        while True:
-            self.wait()
-            now = time.monotonic()
-            self.handle_requests(now)
-            self.read_reports(now)
-            self.reap(now)
-            self.probe(now)
-            self.restart_due(now)
-            self.check_heartbeats(now)
-            self.tell_systemd()
-            if self.draining and self.drained(now):
-                break
-            if not self.draining and self.all_fatal():
-                break
-        self.shutdown()
+        try:
+            for slot in self.slots:
+                self.start_comfy(slot, time.monotonic())
+                self.start_worker(slot, time.monotonic())
+            while True:
+                self.wait()
+                now = time.monotonic()
+                self.handle_requests(now)
+                self.read_reports(now)
+                self.reap(now)
+                self.probe(now)
+                self.restart_due(now)
+                self.check_heartbeats(now)
+                self.tell_systemd()
+                if self.draining and self.drained(now):
+                    break
+                if not self.draining and self.all_fatal():
+                    break
+        finally:
+            self.shutdown()
         return self.exit_code
 
     def wait(self) -> None:
@@ -153,16 +160,20 @@ class Supervisor:
     def handle_requests(self, now: float) -> None:
         sentinel = self.config.supervisor.sentinel_file
         if not self.draining and sentinel and Path(sentinel).exists():
-            log.info("Found %s: draining", sentinel)
+            log.info("Found %s: draining (the file is removed, so the next start runs normally)", sentinel)
+            Path(sentinel).unlink(missing_ok=True)
             self.begin_drain(now)
         while True:
             try:
                 what = self.requests.get_nowait()
             except queue.Empty:
                 return
+            if what == SIGNAL:          # the first signal drains, the second stops at once
+                self.signals += 1
+                what = DRAIN if self.signals == 1 else FAST_STOP
             if what == DRAIN and not self.draining:
                 self.begin_drain(now)
-            elif what == FAST_STOP or what == DRAIN:
+            elif what == FAST_STOP:
                 self.begin_fast_stop()
 
     def begin_drain(self, now: float) -> None:
@@ -180,7 +191,8 @@ class Supervisor:
         self.draining = self.stopping = True
         for slot in self.slots:
             slot.worker.send(Command(Down.STOP))
-        self.drain_deadline = time.monotonic() + self.config.supervisor.stop_grace
+        # a stopping worker reports its job (one short webhook try, capped by stop_grace) before it exits
+        self.drain_deadline = time.monotonic() + self.config.supervisor.stop_grace + 5
 
     # ---- children --------------------------------------------------------------------------------
     def start_comfy(self, slot: Slot, now: float) -> None:
@@ -190,13 +202,31 @@ class Supervisor:
         try:
             slot.comfy.start()
         except OSError as exc:
-            self.make_fatal(slot, f"cannot start ComfyUI: comfy.command {list(self.config.comfy.command)} "
-                                  f"failed: {exc.strerror or exc}", config_fault=True)
+            self.start_failed(slot, exc, now)
             return
         slot.next_probe = now
 
+    def start_failed(self, slot: Slot, exc: OSError, now: float) -> None:
+        """A ComfyUI that could not even be started: a configuration fault (missing program or
+        folder) is FATAL; anything else (out of processes, memory) counts as a crash."""
+        if exc.errno in (errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR):
+            key = "comfy.cwd" if "comfy.cwd" in str(exc) else f"comfy.command {list(self.config.comfy.command)}"
+            self.make_fatal(slot, f"cannot start ComfyUI: {key} failed: {exc.strerror or exc}",
+                            config_fault=True)
+            return
+        log.error("%s: cannot start ComfyUI: %s", slot.name, exc)
+        slot.comfy_crashes.append(now)
+        verdict = decide_restart(None, slot.comfy_crashes, now, self.policy)
+        if verdict.action == "fatal":
+            self.make_fatal(slot, verdict.reason)
+            return
+        slot.comfy_state.set_state(S.BACKOFF, verdict.reason)
+        slot.comfy_restart_at = now + verdict.delay
+
     def start_worker(self, slot: Slot, now: float) -> None:
         slot.worker_state.set_state(S.STARTING)
+        if slot.worker_crashes and slot.comfy_state.state == S.RUNNING:
+            slot.comfy.clear_queue()        # the dead worker's prompt must not delay the new one's jobs
         slot.worker.start()
         slot.worker_state.set_state(S.RUNNING)
         if slot.comfy_state.state == S.RUNNING:
@@ -207,10 +237,17 @@ class Supervisor:
         slot.worker.send(Command(Down.COMFY_READY, {"url": slot.plan.comfy_url}))
 
     def make_fatal(self, slot: Slot, reason: str, config_fault: bool = False) -> None:
-        log.error("%s: FATAL: %s; the other slots keep working", slot.name, reason)
+        if reason in self.logged_fatal:
+            log.error("%s: FATAL: the same as above", slot.name)
+        else:
+            self.logged_fatal.add(reason)
+            log.error("%s: FATAL: %s; the other slots keep working", slot.name, reason)
         slot.fatal_reason = reason
         slot.fatal_is_config = config_fault
+        slot.settled = True
         slot.comfy_state.set_state(S.FATAL, reason)
+        slot.worker.send(Command(Down.COMFY_EXITED, {"final": True,
+                                                     "reason": f"ComfyUI of {slot.plan.label} is FATAL: {reason}"}))
 
     def read_reports(self, now: float) -> None:
         for slot in self.slots:
@@ -240,15 +277,21 @@ class Supervisor:
                 self.worker_exited(slot, code, now)
 
     def comfy_exited(self, slot: Slot, code: int, now: float) -> None:
-        slot.worker.send(Command(Down.COMFY_EXITED, {"code": code}))
+        why, slot.kill_reason = slot.kill_reason, ""
+        data = {"code": code, "final": self.draining}
+        if why:
+            data["reason"] = f"the supervisor killed ComfyUI on {slot.plan.label} ({why})"
+        slot.worker.send(Command(Down.COMFY_EXITED, data))
         tail = slot.comfy.exited_tail()
+        slot.settled = True
         if self.draining:
             slot.comfy_state.set_state(S.EXITED)
             return
         healthy_for = now - slot.comfy.started_at if slot.comfy_state.state == S.RUNNING else 0.0
         slot.comfy_crashes.append(now)
         verdict = decide_restart(code, slot.comfy_crashes, now, self.policy, tail, healthy_for)
-        hint = " (out of memory? the kernel's OOM killer sends SIGKILL)" if code == -signal.SIGKILL else ""
+        hint = f" ({why})" if why else \
+            " (out of memory? the kernel's OOM killer sends SIGKILL)" if code == -signal.SIGKILL else ""
         last = next((line for line in reversed(tail.splitlines()) if line.strip()), "")
         log.error("%s: ComfyUI exited with %s%s; last line: %s (log %s)", slot.name, describe_status(code), hint,
                   last[:200] or "-", slot.comfy.log_path)
@@ -279,10 +322,13 @@ class Supervisor:
                                  healthy_for=now - slot.worker.started_at)
         log.error("%s: worker exited with %s", slot.name, describe_status(code))
         if verdict.action == "fatal":
-            log.error("%s: worker FATAL: %s", slot.name, verdict.reason)
+            log.error("%s: worker FATAL: %s; stopping its ComfyUI", slot.name, verdict.reason)
             slot.fatal_reason = verdict.reason
             slot.fatal_is_config = verdict.config_fault
             slot.worker_state.set_state(S.FATAL, verdict.reason)
+            if slot.comfy_state.state not in (S.FATAL, S.EXITED):
+                slot.comfy_state.set_state(S.FATAL, "its worker is FATAL")
+                slot.comfy.signal_group(signal.SIGTERM)
             return
         log.info("%s: restarting the worker in %.1f s", slot.name, verdict.delay)
         slot.worker_state.set_state(S.BACKOFF, verdict.reason)
@@ -307,13 +353,17 @@ class Supervisor:
     def probe_result(self, slot: Slot, ok: bool, now: float) -> None:
         if slot.comfy_state.state == S.STARTING:
             if ok:
+                slot.settled = True
                 slot.comfy_state.set_state(S.RUNNING)
                 log.info("%s: ComfyUI ready at %s after %.1f s", slot.name, slot.plan.comfy_url,
                          now - slot.comfy.started_at)
                 self.tell_ready(slot)
-            elif now - slot.comfy.started_at > self.config.comfy.startup_timeout and not slot.comfy.attached:
+            elif slot.comfy.attached:
+                slot.settled = True          # an attached ComfyUI that is down does not hold up READY=1
+            elif now - slot.comfy.started_at > self.config.comfy.startup_timeout and not slot.kill_reason:
                 log.error("%s: ComfyUI did not answer within %g s (comfy.startup_timeout); killing it",
                           slot.name, self.config.comfy.startup_timeout)
+                slot.kill_reason = f"no answer within comfy.startup_timeout = {self.config.comfy.startup_timeout:g} s"
                 slot.comfy.signal_group(signal.SIGKILL)
             return
         if ok:
@@ -333,10 +383,15 @@ class Supervisor:
         if slot.comfy.attached:
             log.error("%s: attached ComfyUI at %s has not answered for %g s; waiting for it to come back",
                       slot.name, slot.plan.comfy_url, limit)
-            slot.worker.send(Command(Down.COMFY_EXITED, {"code": None}))
-            slot.comfy_state.set_state(S.STARTING)
+            slot.worker.send(Command(Down.COMFY_EXITED, {"code": None, "reason":
+                             f"ComfyUI at {slot.plan.comfy_url} stopped answering for {limit:g} s"}))
+            slot.comfy_state.set_state(S.BACKOFF, "not answering")
+            slot.comfy_restart_at = now      # "restart" = probe it again until it answers
+            return
+        if slot.kill_reason:
             return
         log.error("%s: ComfyUI runs but has not answered for %g s; killing it for a restart", slot.name, limit)
+        slot.kill_reason = f"it had not answered for {limit:g} s"
         slot.comfy.signal_group(signal.SIGKILL)
 
     def restart_due(self, now: float) -> None:
@@ -366,10 +421,10 @@ class Supervisor:
         return f"{word}{len(self.slots)} slot(s): {ready} ready, {fatal} fatal, {busy} job(s) running"
 
     def tell_systemd(self) -> None:
-        if not self.ready_sent and all(s.comfy_state.state in (S.RUNNING, S.FATAL) for s in self.slots):
+        if not self.ready_sent and all(s.settled for s in self.slots):
             self.ready_sent = True
             sd_notify("READY=1")
-            log.info("All slots are up (%s)", self.status_line())
+            log.info("Start-up settled, READY (%s)", self.status_line())
         status = self.status_line()
         if status != self.last_status:
             self.last_status = status
@@ -395,20 +450,33 @@ class Supervisor:
                 self.begin_fast_stop()
                 return False
             for slot in running:
-                log.error("%s: worker did not stop in time; killing it", slot.name)
+                log.error("%s: worker did not stop in time; killing it%s", slot.name,
+                          f" (job {slot.current_job} may stay processing in GmAnimato)" if slot.current_job else "")
+                if slot.current_job:
+                    self.exit_code = exits.EXIT_FAILURE
                 slot.worker.kill()
             return True
         return False
 
     def shutdown(self) -> None:
+        """Workers first (they have drained, or are killed), then every ComfyUI: TERM to all groups at
+        once, KILL what is left after ``stop_grace``."""
         grace = self.config.supervisor.stop_grace
+        alive = [s for s in self.slots if s.worker.poll() is None and s.worker.process is not None]
+        for slot in alive:
+            slot.worker.send(Command(Down.STOP))
+        deadline = time.monotonic() + (grace if alive else 0)
         for slot in self.slots:
-            slot.worker.terminate(grace)
+            slot.worker.join_until(deadline)
+            slot.worker.kill()
             slot.worker.close_channels()
             slot.worker.pidfile.unlink(missing_ok=True)
-        for slot in self.slots:
-            if slot.comfy.proc is not None and slot.comfy.poll() is None:
-                code = slot.comfy.stop(grace)
-                log.info("%s: ComfyUI stopped (%s)", slot.name, describe_status(code))
+        running = [s for s in self.slots if s.comfy.proc is not None and s.comfy.poll() is None]
+        for slot in running:
+            slot.comfy.signal_group(signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for slot in running:
+            code = slot.comfy.stop(deadline)
+            log.info("%s: ComfyUI stopped (%s)", slot.name, describe_status(code))
         self.pool.shutdown(wait=False, cancel_futures=True)
         log.info("Supervisor stopped")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import errno
 import json
 import logging
 import logging.handlers
@@ -60,12 +61,16 @@ except (OSError, AttributeError):   # not Linux
     _PRCTL = None
 
 
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the supervisor's thread that forked us dies.
-
-    The supervisor starts ComfyUI from its main thread, the one that lives as long as it does."""
-    if _PRCTL is not None:
-        _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+def die_with_parent(parent_pid: int):
+    """A ``preexec_fn``: in the child, before exec, ask for SIGKILL when the supervisor's thread that
+    forked it dies (the supervisor forks from its main thread, which lives as long as it does), and
+    exit at once if the supervisor already died between fork and this call."""
+    def preexec() -> None:
+        if _PRCTL is not None:
+            _PRCTL(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+    return preexec
 
 
 def comfy_command(config: Config, plan: SlotPlan, slot_dir: Path) -> list[str]:
@@ -129,34 +134,66 @@ class ComfyOutput:
 
 
 def write_pidfile(path: Path, pid: int) -> None:
+    """Remember a child (pid, process group, start time) so a later run can find its leftovers."""
     try:
         created = psutil.Process(pid).create_time()
-    except psutil.Error:
-        created = 0.0
-    path.write_text(json.dumps({"pid": pid, "create_time": created}))
+        pgid = os.getpgid(pid)
+    except (psutil.Error, OSError):
+        created, pgid = 0.0, pid
+    path.write_text(json.dumps({"pid": pid, "pgid": pgid, "create_time": created}))
+
+
+def group_members(pgid: int, since: float) -> list[psutil.Process]:
+    """Live processes of process group ``pgid`` started at or after ``since`` (epoch seconds)."""
+    members = []
+    for proc in psutil.process_iter(["pid", "create_time"]):
+        try:
+            if os.getpgid(proc.info["pid"]) == pgid and proc.info["create_time"] >= since - 0.01:
+                members.append(proc)
+        except (OSError, psutil.Error):
+            continue
+    return members
 
 
 def kill_leftover(path: Path, what: str) -> bool:
-    """Kill the process (and its group) a pidfile names, if it is still the one we started."""
+    """Kill what is left of a child a pidfile names: its process, or any member of its process group
+    started since (a wrapper's children survive it). Nothing else is touched; the pidfile goes."""
     try:
         data = json.loads(path.read_text())
-        proc = psutil.Process(int(data["pid"]))
-        if abs(proc.create_time() - float(data["create_time"])) > 0.01:
-            return False
-    except (OSError, ValueError, KeyError, TypeError, psutil.Error):
-        return False
-    finally:
+        pid, since = int(data["pid"]), float(data["create_time"])
+        pgid = int(data.get("pgid", pid))
+    except (OSError, ValueError, KeyError, TypeError):
         path.unlink(missing_ok=True)
-    log.warning("Found a leftover %s (pid %d) from an earlier run; killing it", what, proc.pid)
+        return False
+    path.unlink(missing_ok=True)
+    members = group_members(pgid, since) if pgid == pid else []
     try:
-        if os.getpgid(proc.pid) == proc.pid:
-            os.killpg(proc.pid, signal.SIGKILL)
-        else:
-            proc.kill()
-        proc.wait(5)
-    except (OSError, psutil.Error):
+        leader = psutil.Process(pid)
+        if abs(leader.create_time() - since) < 0.01 and leader not in members:
+            members.append(leader)
+    except psutil.Error:
         pass
+    if not members:
+        return False
+    log.warning("Found a leftover %s from an earlier run (pids %s); killing it", what,
+                ", ".join(str(m.pid) for m in members))
+    for member in members:
+        try:
+            member.kill()
+        except psutil.Error:
+            pass
+    psutil.wait_procs(members, timeout=5)
     return True
+
+
+def sweep_leftovers(work_dir: str) -> None:
+    """Before planning ports: kill leftovers of every slot of an earlier run under ``work_dir``."""
+    root = Path(work_dir).resolve()
+    if not root.is_dir():
+        return
+    for pidfile in sorted(root.glob("*/*.pid")):
+        what = {"comfyui": "ComfyUI", "worker": "worker"}.get(pidfile.stem, pidfile.stem)
+        kill_leftover(pidfile, f"{what} of {pidfile.parent.name}")
 
 
 class ComfyProcess:
@@ -194,9 +231,12 @@ class ComfyProcess:
         cmd = comfy_command(self.config, self.plan, self.slot_dir)
         self.output.write(f"==== {time.strftime('%Y-%m-%d %H:%M:%S')} starting: {' '.join(cmd)}")
         self.output.tail.clear()
-        self.proc = subprocess.Popen(cmd, cwd=self.config.comfy.cwd or None, env=comfy_env(self.config, self.plan),
+        cwd = self.config.comfy.cwd or None
+        if cwd and not Path(cwd).is_dir():
+            raise FileNotFoundError(errno.ENOENT, f"comfy.cwd {cwd} is not a directory")
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=comfy_env(self.config, self.plan),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+                                     start_new_session=True, preexec_fn=die_with_parent(os.getpid()))
         self.output.follow(self.proc.stdout)
         write_pidfile(self.pidfile, self.proc.pid)
         log.info("%s: started ComfyUI (pid %d) on port %d, log %s", self.plan.name, self.proc.pid,
@@ -207,10 +247,35 @@ class ComfyProcess:
         return self.proc.poll() if self.proc else None
 
     def probe(self, timeout: float = 2.0) -> bool:
+        """True when the slot's address answers ``/system_stats`` — and, for a ComfyUI we started, when
+        the answer is from our own process (its argv names this slot's folders), not from a stranger
+        that holds the port."""
         try:
-            return requests.get(self.plan.comfy_url + "/system_stats", timeout=timeout).status_code == 200
-        except requests.RequestException:
+            response = requests.get(self.plan.comfy_url + "/system_stats", timeout=timeout)
+            if response.status_code != 200:
+                return False
+            if self.attached:
+                return True
+            argv = response.json().get("system", {}).get("argv") or []
+        except (requests.RequestException, ValueError, AttributeError):
             return False
+        return str(self.slot_dir / "user") in argv
+
+    def clear_queue(self) -> None:
+        """Drop every queued prompt and interrupt the running one (left by a worker that died); never raises."""
+        for path, body in (("/queue", {"clear": True}), ("/interrupt", {})):
+            try:
+                requests.post(self.plan.comfy_url + path, json=body, timeout=2)
+            except requests.RequestException:
+                pass
+
+    def kill_group(self) -> None:
+        """SIGKILL whatever is left in the process group (a wrapper's children), after an exit."""
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
 
     def signal_group(self, signum: int) -> None:
         if self.proc and self.proc.poll() is None:
@@ -219,21 +284,23 @@ class ComfyProcess:
             except ProcessLookupError:
                 pass
 
-    def stop(self, grace: float) -> int | None:
-        """TERM to the process group, KILL after ``grace`` seconds; returns the exit status."""
+    def stop(self, deadline: float) -> int | None:
+        """After TERM to the group (``signal_group``): wait until ``deadline`` (monotonic), then KILL
+        the group; returns the exit status."""
         if not self.proc:
             return None
-        self.signal_group(signal.SIGTERM)
         try:
-            code = self.proc.wait(grace)
+            code = self.proc.wait(max(0.0, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             self.signal_group(signal.SIGKILL)
             code = self.proc.wait(5)
+        self.kill_group()
         self.pidfile.unlink(missing_ok=True)
         return code
 
     def exited_tail(self) -> str:
-        """The last lines it printed, once it has exited."""
+        """The last lines it printed, once it has exited (what is left of its group is killed)."""
+        self.kill_group()
         self.pidfile.unlink(missing_ok=True)
         return self.output.finish() if self.output else ""
 
@@ -282,7 +349,11 @@ class WorkerProcess:
                 pass
 
     def drain_reports(self) -> list:
+        """Reports waiting on the queue. An exited worker's queue is not read: a message cut short by
+        its death would block the reader for good."""
         items = []
+        if self.process is None or self.process.exitcode is not None:
+            return items
         while self.reports is not None:
             try:
                 items.append(self.reports.get_nowait())
@@ -290,16 +361,14 @@ class WorkerProcess:
                 break
         return items
 
+    def join_until(self, deadline: float) -> None:
+        if self.process is not None and self.process.exitcode is None:
+            self.process.join(max(0.0, deadline - time.monotonic()))
+
     def kill(self) -> None:
         if self.process is not None and self.process.exitcode is None:
             self.process.kill()
             self.process.join(5)
-
-    def terminate(self, grace: float) -> None:
-        if self.process is not None and self.process.exitcode is None:
-            self.process.terminate()
-            self.process.join(grace)
-            self.kill()
 
     def close_channels(self) -> None:
         for q in (self.reports, self.commands):

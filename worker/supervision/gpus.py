@@ -22,6 +22,7 @@ class Gpu:
 class Discovery:
     gpus: tuple[Gpu, ...]
     problem: str = ""        # why none were found, for one clear log line
+    no_driver: bool = True   # False: a driver is there but failed (not loaded yet, GPU lost...): retry later
 
 
 def _text(value: object) -> str:
@@ -37,7 +38,9 @@ def discover() -> Discovery:
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError as exc:
-        return Discovery((), f"NVML is not available ({exc}): no NVIDIA driver on this machine")
+        if isinstance(exc, pynvml.NVMLError_LibraryNotFound):
+            return Discovery((), f"NVML is not available ({exc}): no NVIDIA driver on this machine")
+        return Discovery((), f"NVML failed to start ({type(exc).__name__}: {exc})", no_driver=False)
     try:
         count = pynvml.nvmlDeviceGetCount()
         found = []
@@ -46,11 +49,11 @@ def discover() -> Discovery:
                 found.append(_read_gpu(pynvml, index))
             except pynvml.NVMLError as exc:      # one bad GPU must not hide the healthy ones
                 log.error("GPU %d: NVML cannot read it (%s); it gets no slot", index, exc)
-        problem = "" if found else ("NVML lists no GPU on this machine" if not count
-                                    else "NVML could not read any GPU")
-        return Discovery(tuple(found), problem)
+        if not found and count:
+            return Discovery((), "NVML could not read any GPU", no_driver=False)
+        return Discovery(tuple(found), "" if found else "NVML lists no GPU on this machine")
     except pynvml.NVMLError as exc:
-        return Discovery((), f"NVML failed while listing GPUs ({exc})")
+        return Discovery((), f"NVML failed while listing GPUs ({exc})", no_driver=False)
     finally:
         try:
             pynvml.nvmlShutdown()

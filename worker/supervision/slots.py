@@ -13,6 +13,10 @@ from worker.supervision.children import SlotPlan
 log = logging.getLogger(__name__)
 
 
+class GpuUnavailable(RuntimeError):
+    """A driver is there but NVML failed: a runtime fault (retry later), not a configuration one."""
+
+
 def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
     """True when nothing listens on ``host:port`` (we can bind it right now)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -49,7 +53,14 @@ def plan_slots(config: Config, is_free: Callable[[int], bool] = port_is_free) ->
         return [SlotPlan(f"slot{i}", f"ComfyUI at {comfy_base_url(a)}", 0, attach_url=comfy_base_url(a))
                 for i, a in enumerate(config.comfy.attach)]
     found = gpu_discovery.Discovery((), "gpus: none") if config.gpus == "none" else gpu_discovery.discover()
+    if not found.gpus and not found.no_driver:
+        raise GpuUnavailable(f"GPUs: {found.problem}; not falling back to the CPU for a driver fault "
+                             "(exit 1, so a service manager retries)")
     chosen = gpu_discovery.select(found.gpus, config.gpus, config.gpus_exclude)
+    if found.gpus and not chosen:
+        listed = ", ".join(f"{g.index} ({g.uuid})" for g in found.gpus)
+        raise ConfigError(f"gpus: {config.gpus if config.gpus == 'all' else list(config.gpus)} minus "
+                          f"gpus_exclude {list(config.gpus_exclude)} leaves no GPU; NVML lists {listed}")
     if chosen:
         ports = assign_ports(len(chosen), config.comfy.base_port, is_free)
         for gpu, port in zip(chosen, ports):
