@@ -4,6 +4,8 @@
 # ComfyUI child, and the device that child reports; then stops the supervisor with SIGTERM.
 #   bash deploy/gpu-smoke.sh            (PYTHON=... to choose the interpreter)
 #   SMOKE_FAKE_GPUS=2 bash deploy/gpu-smoke.sh   rehearses the script without a GPU (simulated NVML)
+# The packages of requirements.txt must be importable by $PYTHON (a machine without network: bring
+# wheels and `pip install --no-index`); otherwise the script tries to make a venv from PyPI.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -47,7 +49,31 @@ done
 comfy_pid=$(sed -n 's/.*gpu0: started ComfyUI (pid \([0-9]*\)).*/\1/p' "$work/supervisor.log" | head -n 1)
 echo "== ComfyUI child (pid ${comfy_pid:-none})"
 if [ -n "$comfy_pid" ] && [ -r "/proc/$comfy_pid/environ" ]; then
-  echo "CUDA_VISIBLE_DEVICES=$(tr '\0' '\n' <"/proc/$comfy_pid/environ" | sed -n 's/^CUDA_VISIBLE_DEVICES=//p')"
+  pin=$(tr '\0' '\n' <"/proc/$comfy_pid/environ" | sed -n 's/^CUDA_VISIBLE_DEVICES=//p')
+  echo "CUDA_VISIBLE_DEVICES=$pin"
+  echo "== what CUDA itself shows a process with that pin (libcuda through ctypes)"
+  CUDA_VISIBLE_DEVICES="$pin" "$PY" - <<'PY'
+import ctypes
+try:
+    cuda = ctypes.CDLL("libcuda.so.1")
+except OSError as exc:
+    print("libcuda not available here:", exc)
+else:
+    count = ctypes.c_int()
+    print("cuInit", cuda.cuInit(0), "| cuDeviceGetCount", cuda.cuDeviceGetCount(ctypes.byref(count)), "->", count.value)
+    if count.value:
+        dev, raw = ctypes.c_int(), (ctypes.c_ubyte * 16)()
+        cuda.cuDeviceGet(ctypes.byref(dev), 0)
+        cuda.cuDeviceGetUuid(raw, dev)
+        h = bytes(raw).hex()
+        print(f"cuda:0 uuid GPU-{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}")
+try:
+    import pynvml
+    pynvml.nvmlInit()
+    print("MIG mode (current, pending):", pynvml.nvmlDeviceGetMigMode(pynvml.nvmlDeviceGetHandleByIndex(0)))
+except Exception as exc:
+    print("MIG mode unreadable:", type(exc).__name__, exc)
+PY
   "$PY" -c "import json, requests; print('system_stats devices', json.dumps(requests.get('http://127.0.0.1:$port/system_stats', timeout=5).json()['devices']))"
 fi
 kill -TERM "$sup"
