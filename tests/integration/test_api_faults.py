@@ -44,7 +44,7 @@ def test_wrong_secret_says_so_once_and_does_not_hot_loop(gmanimato, comfy_port, 
     wait_until(lambda: "401 Unauthorized" in worker.output(), 30, message="the 401 error line")
     started = time.monotonic()
     wait_until(lambda: time.monotonic() - started > 2.0, 5, message="an observation window")
-    lines = [l for l in worker.output().splitlines() if "401" in l]
+    lines = [l for l in worker.output().splitlines() if "401 Unauthorized" in l]
     assert len(lines) == 1, lines
     assert "WORKER_TASK_SECRET" in lines[0] and "not-the-secret" not in worker.output()
     assert gmanimato.stats()["task_calls"].get("401", 0) - before == 1
