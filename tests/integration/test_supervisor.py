@@ -53,6 +53,18 @@ def pids(log: str, what: str) -> dict[str, list[int]]:
     return found
 
 
+def ready_supervisor(processes, tmp_path, tree, gpus: str, slots: int, **kw):
+    """Start a supervisor and wait until ``slots`` of its ComfyUIs answered."""
+    sup = start_supervisor(processes, tmp_path, tree, gpus, **kw)
+    wait_until(lambda: all_up(sup, slots), 60, 0.1, f"{slots} slot(s) ready")
+    return sup
+
+
+def stop_clean(sup) -> None:
+    """SIGTERM drains; the supervisor must exit 0."""
+    stop_clean(sup)
+
+
 def slot_of_job(log: str, video_id: str) -> str | None:
     match = re.search(rf"worker-(\w+) - INFO - Received task: local-{video_id}\b", log)
     return match.group(1) if match else None
@@ -86,8 +98,7 @@ def alive(pid: int) -> bool:
 
 @pytest.mark.timeout(150)
 def test_four_gpus_get_four_pinned_slots_and_share_twenty_jobs(gmanimato, processes, tmp_path):
-    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "4")
-    wait_until(lambda: all_up(sup, 4), 60, 0.1, "4 slots ready")
+    sup = ready_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "4", 4)
     uuids = fake_uuids("4")
     ports = set()
     for slot, slot_pids in pids(sup.output(), "ComfyUI").items():
@@ -102,8 +113,7 @@ def test_four_gpus_get_four_pinned_slots_and_share_twenty_jobs(gmanimato, proces
     assert all(rows[v]["status"] == "completed" and rows[v]["claimed_count"] == 1 for v in ids)
     assert all(len([h for h in gmanimato.webhooks(v) if h["body"]["status"] == "completed"]) == 1 for v in ids)
     assert {slot_of_job(sup.output(), v) for v in ids} == {"gpu0", "gpu1", "gpu2", "gpu3"}
-    sup.signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+    stop_clean(sup)
 
 
 @pytest.mark.timeout(150)
@@ -129,8 +139,7 @@ def test_two_supervisors_share_one_gmanimato_each_job_once(gmanimato, processes,
 def test_comfyui_killed_mid_job_fails_that_job_and_comes_back(gmanimato, processes, tmp_path):
     tree = gpu_config(gmanimato, tmp_path, supervisor={**base_config("", tmp_path)["supervisor"],
                                                        "backoff_start": 3})
-    sup = start_supervisor(processes, tmp_path, tree, "3")
-    wait_until(lambda: all_up(sup, 3), 60, 0.1, "3 slots ready")
+    sup = ready_supervisor(processes, tmp_path, tree, "3", 3)
     ids = [gmanimato.add_job(template="i2v", patch=sampler(12, 0.1)) for _ in range(9)]
 
     victim = wait_until(lambda: next((v for v in ids if in_sampler(gmanimato, v)), None), 60, 0.05,
@@ -157,8 +166,7 @@ def test_comfyui_killed_mid_job_fails_that_job_and_comes_back(gmanimato, process
         done = sorted(h["t"] for v in ids if slot_of_job(sup.output(), v) == other
                       for h in gmanimato.webhooks(v) if h["body"]["status"] == "completed")
         assert done and max(b - a for a, b in zip([killed_at] + done, done)) < 4.0, (other, done, killed_at)
-    sup.signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+    stop_clean(sup)
 
 
 @pytest.mark.timeout(120)
@@ -180,8 +188,7 @@ def test_crash_looping_comfyui_goes_fatal_others_work_and_killed_worker_restarts
     rows = gmanimato.wait_final(ids, timeout=60)
     assert all(rows[v]["status"] == "completed" for v in ids)
     assert {slot_of_job(sup.output(), v) for v in ids} == {"gpu0"}
-    sup.signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+    stop_clean(sup)
 
 
 @pytest.mark.timeout(60)
@@ -204,14 +211,12 @@ def test_gpu_pin_matching_no_device_is_fatal_at_once(gmanimato, processes, tmp_p
     assert "No CUDA GPUs are available" in sup.output()
     assert "gpu1: restarting ComfyUI" not in sup.output()
     wait_until(lambda: "gpu0: ComfyUI ready" in sup.output(), 30, 0.1, "gpu0 ready")
-    sup.signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+    stop_clean(sup)
 
 
 @pytest.mark.timeout(90)
 def test_sigterm_mid_job_finishes_the_job_then_exits_clean(gmanimato, processes, tmp_path):
-    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "1")
-    wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
+    sup = ready_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "1", 1)
     vid = start_long_job(gmanimato, 20)
     children = psutil.Process(sup.pid).children(recursive=True)
     sup.signal(signal.SIGTERM)
@@ -223,8 +228,7 @@ def test_sigterm_mid_job_finishes_the_job_then_exits_clean(gmanimato, processes,
 
 @pytest.mark.timeout(90)
 def test_sigkill_of_the_supervisor_leaves_no_child(gmanimato, processes, tmp_path):
-    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "2")
-    wait_until(lambda: all_up(sup, 2), 60, 0.1, "slots ready")
+    sup = ready_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "2", 2)
     children = [c.pid for c in psutil.Process(sup.pid).children(recursive=True)]
     assert len(children) >= 4
     os.kill(sup.pid, signal.SIGKILL)
@@ -279,8 +283,7 @@ def test_no_driver_falls_back_to_cpu_or_exits_2(gmanimato, processes, tmp_path):
     sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "nodriver", name="fallback")
     wait_until(lambda: all_up(sup, 1), 60, 0.1, "the CPU slot ready")
     assert "No GPU to use (NVML is not available" in sup.output() and "cpu: started ComfyUI" in sup.output()
-    sup.signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+    stop_clean(sup)
 
 
 def test_a_lost_gpu_gets_no_slot_but_the_others_do(tmp_path):
@@ -301,8 +304,7 @@ def test_a_lost_gpu_gets_no_slot_but_the_others_do(tmp_path):
 def test_hung_comfyui_and_silent_worker_are_killed_and_restarted(gmanimato, processes, tmp_path):
     sup_keys = {**base_config("", tmp_path)["supervisor"], "probe_timeout": 2, "heartbeat_timeout": 3,
                 "heartbeat_interval": 0.5}
-    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path, supervisor=sup_keys), "1")
-    wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
+    sup = ready_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path, supervisor=sup_keys), "1", 1)
     comfy_pid = pids(sup.output(), "ComfyUI")["gpu0"][0]
     os.kill(comfy_pid, signal.SIGSTOP)               # alive, but answers nothing
     wait_until(lambda: len(pids(sup.output(), "ComfyUI")["gpu0"]) == 2, 30, 0.1, "ComfyUI restarted")
@@ -315,20 +317,17 @@ def test_hung_comfyui_and_silent_worker_are_killed_and_restarted(gmanimato, proc
     assert "gpu0: worker sent no heartbeat" in sup.output()
     vid = gmanimato.add_job(template="i2v")
     assert gmanimato.wait_final([vid], timeout=60)[vid]["status"] == "completed"
-    sup.signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+    stop_clean(sup)
 
 
 @pytest.mark.timeout(90)
 def test_second_signal_stops_at_once_and_reports_the_job(gmanimato, processes, tmp_path):
-    sup = start_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "1")
-    wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
+    sup = ready_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "1", 1)
     vid = start_long_job(gmanimato, 200)
     os.kill(pids(sup.output(), "ComfyUI")["gpu0"][0], signal.SIGSTOP)   # wedged: why a drain would hang
     sup.signal(signal.SIGTERM)
     wait_until(lambda: "Draining" in sup.output(), 10, 0.05, "the drain")
-    sup.signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+    stop_clean(sup)
     final = [h for h in gmanimato.webhooks(vid) if h["body"]["status"] in ("completed", "failed")]
     assert [h["status"] for h in final] == [201]
     assert final[0]["body"]["status"] == "failed" and "the worker was stopped" in final[0]["body"]["error"]
@@ -337,8 +336,7 @@ def test_second_signal_stops_at_once_and_reports_the_job(gmanimato, processes, t
 @pytest.mark.timeout(90)
 def test_sentinel_file_drains(gmanimato, processes, tmp_path):
     tree = gpu_config(gmanimato, tmp_path)
-    sup = start_supervisor(processes, tmp_path, tree, "1")
-    wait_until(lambda: all_up(sup, 1), 60, 0.1, "slot ready")
+    sup = ready_supervisor(processes, tmp_path, tree, "1", 1)
     vid = start_long_job(gmanimato, 20)
     (tmp_path / ".worker_stop").write_text("")
     assert sup.wait(30) == 0
@@ -377,8 +375,7 @@ def test_sigkill_leaves_a_wrapper_grandchild_that_the_next_start_removes(gmanima
     wait_until(lambda: all_up(second, 1), 60, 0.1, "slot ready again")
     assert "leftover ComfyUI of gpu0" in second.output() and "already taken" not in second.output()
     assert not [p for p in survivors if alive(p)]
-    second.signal(signal.SIGTERM)
-    assert second.wait(30) == 0
+    stop_clean(second)
 
 
 @pytest.mark.timeout(120)
@@ -411,8 +408,7 @@ def test_attached_comfyui_that_stops_answering_is_waited_for(gmanimato, processe
     tree = gpu_config(gmanimato, tmp_path, supervisor=sup_keys,
                       comfy={**base_config("", tmp_path)["comfy"], "mode": "attach",
                              "attach": [f"127.0.0.1:{port}"]})
-    sup = start_supervisor(processes, tmp_path, tree, "0")
-    wait_until(lambda: all_up(sup, 1), 60, 0.1, "attached slot ready")
+    sup = ready_supervisor(processes, tmp_path, tree, "0", 1)
     os.kill(comfy.pid, signal.SIGSTOP)
     wait_until(lambda: "stopped answering" in sup.output() or "has not answered" in sup.output(), 30, 0.1,
                "the outage noticed")
@@ -421,6 +417,5 @@ def test_attached_comfyui_that_stops_answering_is_waited_for(gmanimato, processe
     vid = gmanimato.add_job(template="i2v")
     assert gmanimato.wait_final([vid], timeout=60)[vid]["status"] == "completed"
     assert comfy.proc.poll() is None                  # attached: never killed
-    sup.signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+    stop_clean(sup)
     assert comfy.proc.poll() is None
