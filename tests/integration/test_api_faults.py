@@ -165,3 +165,29 @@ def test_server_side_claim_failures_are_logged_each_time(own_gmanimato, comfy_po
     assert "stays processing there" in worker.output()
     worker.signal(signal.SIGTERM)
     assert worker.wait(20) == 0
+
+
+@pytest.mark.timeout(90)
+def test_job_claimed_while_comfyui_is_down_waits_for_it_and_completes(gmanimato, processes, tmp_path):
+    from tests.conftest import ManagedProcess
+
+    port = free_port()
+    comfy = ManagedProcess(comfy_sim_command("--port", str(port), "--cpu"), tmp_path / "comfy1.log")
+    try:
+        worker = start_worker(processes, tmp_path, gmanimato.url, port)
+        first = gmanimato.add_job(template="i2v")
+        gmanimato.wait_final([first])                  # the worker has seen ComfyUI up
+    finally:
+        comfy.kill_group()
+    vid = gmanimato.add_job(template="i2v")
+    wait_until(lambda: "waiting for ComfyUI to try again" in worker.output(), 30,
+               message="the worker holding the job for ComfyUI")
+    comfy = ManagedProcess(comfy_sim_command("--port", str(port), "--cpu"), tmp_path / "comfy2.log")
+    try:
+        rows = gmanimato.wait_final([vid], timeout=60)
+        assert rows[vid]["status"] == "completed"
+        assert "ComfyUI is back; trying again" in worker.output()
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(20) == 0
+    finally:
+        comfy.kill_group()
