@@ -125,11 +125,8 @@ class Worker:
 
     def ensure_comfy(self) -> bool:
         """True when ComfyUI may take a job; otherwise waits a little and returns False."""
-        if self.supervised:
-            if self.comfy_ready.is_set():
-                return True
-            self.pause(self.config.api.poll_interval)
-            return False
+        if self.supervised:            # the supervisor says when; re-check drain/stop every second
+            return self.comfy_ready.wait(min(1.0, self.config.api.poll_interval))
         if self.comfy_ready.is_set() or self.comfy.probe():
             if self._said_comfy_down:
                 log.info("ComfyUI at %s answers", self.slot.comfy_url)
