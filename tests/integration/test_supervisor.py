@@ -323,7 +323,8 @@ def test_hung_comfyui_and_silent_worker_are_killed_and_restarted(gmanimato, proc
 
 @pytest.mark.timeout(90)
 def test_second_signal_stops_at_once_and_reports_the_job(gmanimato, processes, tmp_path):
-    sup = ready_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path), "1", 1)
+    sup_keys = {**base_config("", tmp_path)["supervisor"], "stop_grace": 3}   # killed after 3 + 5 s
+    sup = ready_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path, supervisor=sup_keys), "1", 1)
     vid = start_long_job(gmanimato, 200)
     os.kill(pids(sup.output(), "ComfyUI")["gpu0"][0], signal.SIGSTOP)   # wedged: why a drain would hang
     sup.signal(signal.SIGTERM)
