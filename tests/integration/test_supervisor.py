@@ -60,10 +60,12 @@ def ready_supervisor(processes, tmp_path, tree, gpus: str, slots: int, **kw):
     return sup
 
 
-def stop_clean(sup) -> None:
-    """SIGTERM drains; the supervisor must exit 0."""
-    sup.signal(signal.SIGTERM)
-    assert sup.wait(30) == 0
+def stop_clean(*sups) -> None:
+    """SIGTERM drains; every supervisor must exit 0."""
+    for sup in sups:
+        sup.signal(signal.SIGTERM)
+    for sup in sups:
+        assert sup.wait(30) == 0
 
 
 def slot_of_job(log: str, video_id: str) -> str | None:
@@ -130,16 +132,12 @@ def test_two_supervisors_share_one_gmanimato_each_job_once(gmanimato, processes,
     assert all(rows[v]["status"] == "completed" and rows[v]["claimed_count"] == 1 for v in ids)
     served = [sum(slot_of_job(s.output(), v) is not None for v in ids) for s in sups]
     assert sum(served) == 30 and min(served) > 0
-    for sup in sups:
-        sup.signal(signal.SIGTERM)
-    for sup in sups:
-        assert sup.wait(30) == 0
+    stop_clean(*sups)
 
 
 @pytest.mark.timeout(150)
 def test_comfyui_killed_mid_job_fails_that_job_and_comes_back(gmanimato, processes, tmp_path):
-    tree = gpu_config(gmanimato, tmp_path, supervisor={**base_config("", tmp_path)["supervisor"],
-                                                       "backoff_start": 3})
+    tree = gpu_config(gmanimato, tmp_path, supervisor={"backoff_start": 3})
     sup = ready_supervisor(processes, tmp_path, tree, "3", 3)
     ids = [gmanimato.add_job(template="i2v", patch=sampler(12, 0.1)) for _ in range(9)]
 
@@ -173,7 +171,7 @@ def test_comfyui_killed_mid_job_fails_that_job_and_comes_back(gmanimato, process
 @pytest.mark.timeout(120)
 def test_crash_looping_comfyui_goes_fatal_others_work_and_killed_worker_restarts(gmanimato, processes, tmp_path):
     uuids = fake_uuids("2")
-    sup_keys = {**base_config("", tmp_path)["supervisor"], "backoff_start": 0.2, "max_restarts": 3,
+    sup_keys = {"backoff_start": 0.2, "max_restarts": 3,
                 "restart_window": 120}
     tree = gpu_config(gmanimato, tmp_path, comfy_args=("--fail-on-gpu", uuids[1]), supervisor=sup_keys)
     sup = start_supervisor(processes, tmp_path, tree, "2")
@@ -303,7 +301,7 @@ def test_a_lost_gpu_gets_no_slot_but_the_others_do(tmp_path):
 
 @pytest.mark.timeout(120)
 def test_hung_comfyui_and_silent_worker_are_killed_and_restarted(gmanimato, processes, tmp_path):
-    sup_keys = {**base_config("", tmp_path)["supervisor"], "probe_timeout": 2, "heartbeat_timeout": 3,
+    sup_keys = {"probe_timeout": 2, "heartbeat_timeout": 3,
                 "heartbeat_interval": 0.5}
     sup = ready_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path, supervisor=sup_keys), "1", 1)
     comfy_pid = pids(sup.output(), "ComfyUI")["gpu0"][0]
@@ -323,7 +321,7 @@ def test_hung_comfyui_and_silent_worker_are_killed_and_restarted(gmanimato, proc
 
 @pytest.mark.timeout(90)
 def test_second_signal_stops_at_once_and_reports_the_job(gmanimato, processes, tmp_path):
-    sup_keys = {**base_config("", tmp_path)["supervisor"], "stop_grace": 3}   # killed after 3 + 5 s
+    sup_keys = {"stop_grace": 3}   # killed after 3 + 5 s
     sup = ready_supervisor(processes, tmp_path, gpu_config(gmanimato, tmp_path, supervisor=sup_keys), "1", 1)
     vid = start_long_job(gmanimato, 200)
     os.kill(pids(sup.output(), "ComfyUI")["gpu0"][0], signal.SIGSTOP)   # wedged: why a drain would hang
@@ -397,19 +395,16 @@ def test_two_supervisors_on_one_base_port_never_take_the_other_comfyui_for_their
     ids = [gmanimato.add_job(template="i2v") for _ in range(4)]
     rows = gmanimato.wait_final(ids, timeout=60)
     assert all(rows[v]["status"] == "completed" for v in ids)
-    for sup in sups:
-        sup.signal(signal.SIGTERM)
-    for sup in sups:
-        assert sup.wait(30) == 0
+    stop_clean(*sups)
 
 
 @pytest.mark.timeout(90)
 def test_attached_comfyui_that_stops_answering_is_waited_for(gmanimato, processes, tmp_path):
     port = free_port()
     comfy = processes.start("comfyui", comfy_sim_command("--port", str(port), "--cpu"))
-    sup_keys = {**base_config("", tmp_path)["supervisor"], "probe_timeout": 1}
+    sup_keys = {"probe_timeout": 1}
     tree = gpu_config(gmanimato, tmp_path, supervisor=sup_keys,
-                      comfy={**base_config("", tmp_path)["comfy"], "mode": "attach",
+                      comfy={"mode": "attach",
                              "attach": [f"127.0.0.1:{port}"]})
     sup = ready_supervisor(processes, tmp_path, tree, "0", 1)
     os.kill(comfy.pid, signal.SIGSTOP)

@@ -37,8 +37,6 @@ from worker.reports import Command, Down, Report, Up
 
 log = logging.getLogger(__name__)
 
-RETRY_LATER = {"status": "retry-later"}      # marker: ComfyUI went away before the job ran
-
 
 @dataclass(frozen=True)
 class SlotSpec:
@@ -71,7 +69,6 @@ class Worker:
                                 config.api.auth_retry_interval)
         self.jobs_done = 0
         self.sentinel = "" if supervised else config.supervisor.sentinel_file
-        self._retry_error = ""
         self.comfy_gone = False                  # the supervisor will not bring ComfyUI back
         self._said_comfy_down = False
 
@@ -221,14 +218,14 @@ class Worker:
 
         When ComfyUI went away before anything of the job ran, the job waits for ComfyUI to be ready
         again and is tried once more rather than failed."""
-        body = self.execute_once(job, hooks)
-        if body is RETRY_LATER:
-            if self.wait_for_comfy(self.config.comfy.startup_timeout):
-                log.info("Job %s: ComfyUI is back; trying again", job.job_id)
-                body = self.execute_once(job, hooks, retry=False)
-            else:
-                body = failed_payload(job.job_id, self._retry_error or "ComfyUI did not come back")
-        return body
+        try:
+            return self.execute_once(job, hooks, retry=True)
+        except ComfyUnavailable as exc:     # raised only when nothing of the job had run yet
+            log.warning("Job %s: %s; waiting for ComfyUI to try again", job.job_id, exc.message)
+            if not self.wait_for_comfy(self.config.comfy.startup_timeout):
+                return failed_payload(job.job_id, self.comfy_exit or exc.message)
+        log.info("Job %s: ComfyUI is back; trying again", job.job_id)
+        return self.execute_once(job, hooks, retry=False)
 
     def wait_for_comfy(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
@@ -236,7 +233,6 @@ class Worker:
             if self.supervised and self.comfy_ready.wait(1.0):
                 return True
             if self.supervised and (self.comfy_gone or self.draining.is_set()):
-                self._retry_error = self.comfy_exit or self._retry_error
                 return False                 # FATAL, or draining: nobody will restart ComfyUI
             if not self.supervised:
                 if self.comfy.probe():
@@ -245,7 +241,9 @@ class Worker:
                 self.stopping.wait(1.0)
         return False
 
-    def execute_once(self, job: Job, hooks: JobWebhooks, retry: bool = True):
+    def execute_once(self, job: Job, hooks: JobWebhooks, retry: bool) -> dict:
+        """One try: the final webhook body. With ``retry``, a ComfyUI that went away before anything
+        of the job ran is raised (ComfyUnavailable) for :meth:`execute` to wait and try again."""
         def on_progress(snapshot: dict, node_changed: bool) -> None:
             if hooks.progress(snapshot, node_changed):
                 self.report(Up.JOB_PROGRESS, job_id=job.job_id, progress=snapshot)
@@ -262,9 +260,7 @@ class Worker:
         except ComfyUnavailable as exc:
             self.comfy_lost()
             if retry and exc.before_prompt and not self.stopping.is_set():
-                log.warning("Job %s: %s; waiting for ComfyUI to try again", job.job_id, exc.message)
-                self._retry_error = exc.message
-                return RETRY_LATER
+                raise
             return failed_payload(job.job_id, exc.message, exc.details)
         except WorkerError as exc:
             return failed_payload(job.job_id, exc.message, exc.details)
