@@ -7,20 +7,27 @@ ComfyUI is the one at ``COMFY_HOST`` (default ``127.0.0.1:8188``); storage comes
 the secret from ``WORKER_TASK_SECRET``. ``--config`` may name a config.yaml for everything else.
 SIGTERM or Ctrl-C finishes the running job first; a second one stops at once (the job is reported
 failed). A file named by ``WORKER_SENTINEL_FILE`` (default ``.worker_stop``) also stops it cleanly.
+Claimed jobs are journaled in ``state_dir`` (default ``<comfy.work_dir>/state``) like the supervisor's:
+a job this process was running when it died is recovered at its next start.
 """
 from __future__ import annotations
 
 import signal
 import sys
+import time
 
 import click
 
 from worker import exits
 from worker.config import ConfigError, comfy_base_url, load_config
+from worker.folder_lock import FolderBusy, hold_folder
 from worker.jobs.loop import SlotSpec, Worker, install_drain_signals
+from worker.jobs.recovery import adopt_orphans
+from worker.journal.store import Journal, JournalError
 from worker.logs import setup_logging
 
 DEFAULT_COMFY_HOST = "127.0.0.1:8188"
+SLOT = "local"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -44,7 +51,15 @@ def main(api_url: str | None, poll_interval: float | None, max_retries: int | No
         click.echo(f"config error: {exc}", err=True)
         sys.exit(exits.EXIT_CONFIG)
     setup_logging("local-worker", config.logging.level, config.logging.format, config.secrets())
-    worker = Worker(config, SlotSpec("local", f"ComfyUI at {comfy_url}", comfy_url))
+    try:
+        lock = hold_folder(config.state_path, "state_dir")   # noqa: F841 (held until the process ends)
+        journal = Journal.open(config.state_path)
+        adopt_orphans(journal, [SLOT], time.time())
+        journal.close()
+        worker = Worker(config, SlotSpec(SLOT, f"ComfyUI at {comfy_url}", comfy_url))
+    except (FolderBusy, JournalError) as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exits.EXIT_CONFIG)
     install_drain_signals(worker, (signal.SIGTERM, signal.SIGINT))
     sys.exit(worker.run())
 

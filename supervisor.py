@@ -34,24 +34,31 @@ def cli(ctx: click.Context, config_path: str | None, api_url: str | None, gpus: 
 
 
 def run_supervisor(config_path: str | None, overrides: dict) -> int:
+    from worker.folder_lock import FolderBusy
+    from worker.journal.store import JournalError
     from worker.supervision.arbiter import Supervisor
-    from worker.supervision.children import sweep_leftovers
-    from worker.supervision.slots import GpuUnavailable, plan_slots
+    from worker.supervision.slots import GpuUnavailable
+    from worker.supervision.startup import prepare_box
 
     try:
         config = load_config(config_path, overrides=overrides)
         setup_logging("supervisor", config.logging.level, config.logging.format, config.secrets())
-        sweep_leftovers(config.comfy.work_dir)
-        plans = plan_slots(config)
+        box = prepare_box(config)
     except ConfigError as exc:
         click.echo(f"config error: {exc}", err=True)
+        return exits.EXIT_CONFIG
+    except (FolderBusy, JournalError) as exc:     # restarting cannot help: a person must act
+        click.echo(f"error: {exc}", err=True)
         return exits.EXIT_CONFIG
     except GpuUnavailable as exc:
         click.echo(f"error: {exc}", err=True)
         return exits.EXIT_FAILURE
-    supervisor = Supervisor(config, plans)
+    supervisor = Supervisor(config, box.plans)
     supervisor.install_signal_handlers()
-    return supervisor.run()
+    try:
+        return supervisor.run()
+    finally:
+        box.release()
 
 
 @cli.command()

@@ -5,14 +5,15 @@
     WorkerError                      base: every failure the worker reports on purpose
     ├── TransientError               trying again later can help
     │   ├── ComfyUnavailable         ComfyUI refused, timed out or went away (process died, socket lost)
-    │   ├── StorageError             S3 answered 5xx, throttled or was unreachable
-    │   └── ApiUnavailable           GmAnimato answered 5xx or was unreachable
+    │   └── StorageError             S3 answered 5xx, throttled or was unreachable
     └── PermanentError               the same input fails the same way: report it, do not retry
         ├── InputError               a task field or input file is unusable (bad base64, bad URL, too big)
         ├── PromptRejected           ComfyUI's /prompt said 400 (unknown node, invalid value, missing file)
         ├── ExecutionFailed          a node raised (execution_error) or the prompt was interrupted
-        ├── NoVideoProduced          the workflow ended without a video GmAnimato would accept
-        └── ApiRefused               GmAnimato refused the call for good (401, 403, 404, 400, 413, redirect)
+        └── NoVideoProduced          the workflow ended without an .mp4/.webm video
+
+GmAnimato's own errors (``ApiUnavailable``, ``ApiRefused``) live with its client, in
+:mod:`worker.jobs.errors`: the handler knows nothing of GmAnimato.
 
 Every message is written for the person who reads the failed video's log: it says what happened and,
 where it helps, what to change. ``StopRequested`` is a ``BaseException`` so that no ``except
@@ -54,12 +55,6 @@ class StorageError(TransientError):
     """The object store failed in a way that may pass (5xx, throttling, network)."""
 
 
-class ApiUnavailable(TransientError):
-    """GmAnimato answered 5xx or could not be reached. ``orphaned``: a job was likely claimed anyway."""
-
-    orphaned = False
-
-
 class InputError(PermanentError):
     """A task field or input file cannot be used as given."""
 
@@ -73,15 +68,7 @@ class ExecutionFailed(PermanentError):
 
 
 class NoVideoProduced(PermanentError):
-    """The workflow finished without an .mp4/.webm output GmAnimato would accept."""
-
-
-class ApiRefused(PermanentError):
-    """GmAnimato refused the call in a way retrying cannot change."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
+    """The workflow finished without an .mp4/.webm output."""
 
 
 class StopRequested(BaseException):

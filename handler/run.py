@@ -2,8 +2,13 @@
 
 Knows nothing of GmAnimato, polling or processes: the caller gives an :class:`ExecutionRequest` (the
 workflow, its input files, the prompt id it chose) and :class:`ExecutionDeps` (the ComfyUI client, the
-output store, a progress callback and an abort check) and gets a :class:`Result`, or a
+output store, a progress callback, a step callback and an abort check) and gets a :class:`Result`, or a
 :class:`~handler.errors.WorkerError` that says what went wrong and whether retrying can help.
+
+``on_step`` is called, and must have returned, before the step it names is acted on:
+``inputs_uploaded`` after the uploads, ``prompt_queueing`` (with the prompt id, client id and ComfyUI
+address) just before ``POST /prompt``. :func:`resume_job` picks up a prompt queued by an earlier
+process: it follows the prompt to its end (or reads its history) under the same client id.
 """
 from __future__ import annotations
 
@@ -22,11 +27,12 @@ from handler.comfy_client import ComfyClient, node_error_lines
 from handler.comfy_events import EventStream
 from handler.errors import ComfyUnavailable, ExecutionFailed, NoVideoProduced
 from handler.inputs import load_input
-from handler.storage import OutputStore
+from handler.storage import OutputStore, store_with_retry
 
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[dict, bool], None]   # (progress snapshot, node changed)
+StepCallback = Callable[[str, dict], None]        # (step name, its facts), before the step is acted on
 AbortCheck = Callable[[], "str | None"]           # a reason to stop now, or None
 
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 1.5)           # about 3 s of tries before ComfyUI counts as gone
@@ -50,8 +56,10 @@ class ExecutionDeps:
     store: OutputStore
     session: requests.Session
     on_progress: ProgressCallback = lambda snapshot, changed: None
+    on_step: StepCallback = lambda step, data: None
     abort: AbortCheck = lambda: None
     job_timeout: float = 1500.0
+    storage_retry_for: float = 120.0
     client_id: str = field(default_factory=lambda: f"gmanimato-worker-{uuid.uuid4().hex[:12]}")
     receive_tick: float = 0.25
 
@@ -68,12 +76,15 @@ def run_job(request: ExecutionRequest, deps: ExecutionDeps) -> Result:
     started = time.monotonic()
     try:
         upload_inputs(request, deps)
+        deps.on_step("inputs_uploaded", {})
         stream = EventStream(deps.comfy.ws_url, deps.client_id)
         stream.connect()
     except ComfyUnavailable as exc:
         exc.before_prompt = True        # nothing ran yet: the caller may retry once ComfyUI is back
         raise
     with stream:
+        deps.on_step("prompt_queueing", {"prompt_id": request.prompt_id, "client_id": deps.client_id,
+                                         "comfy_url": deps.comfy.base_url})
         try:
             node_errors = deps.comfy.queue_prompt(request.workflow, deps.client_id, request.prompt_id)
         except ComfyUnavailable as exc:
@@ -84,6 +95,23 @@ def run_job(request: ExecutionRequest, deps: ExecutionDeps) -> Result:
                                                     request.node_weights), deps)
     refs = confirm_outputs(watch, deps)
     files = store_outputs(refs, request, deps, node_errors)
+    return Result(prompt_id=request.prompt_id, files=files, seconds=time.monotonic() - started)
+
+
+def resume_job(request: ExecutionRequest, deps: ExecutionDeps) -> Result:
+    """Pick up ``request.prompt_id``, queued earlier under ``deps.client_id`` by a process that died:
+    follow it to its end (no GPU work is repeated) and store its outputs. A prompt ComfyUI no longer
+    knows raises :class:`ComfyUnavailable` (run the job again)."""
+    started = time.monotonic()
+    stream = EventStream(deps.comfy.ws_url, deps.client_id)
+    stream.connect()
+    with stream:
+        watch = catch_up(w.start_watch(request.prompt_id, request.workflow, request.node_weights), deps)
+        if not watch.done:
+            watch = follow_prompt(stream, watch, deps)
+    if watch.outcome != w.SUCCEEDED:
+        raise ExecutionFailed(*w.describe_failure(watch))
+    files = store_outputs(confirm_outputs(watch, deps), request, deps, {})
     return Result(prompt_id=request.prompt_id, files=files, seconds=time.monotonic() - started)
 
 
@@ -168,8 +196,8 @@ def catch_up(watch: w.PromptWatch, deps: ExecutionDeps) -> w.PromptWatch:
     if entry is None and not deps.comfy.is_queued(watch.prompt_id):
         entry = deps.comfy.history(watch.prompt_id)     # it may have finished between the two calls
         if entry is None:
-            raise ComfyUnavailable(f"ComfyUI at {deps.comfy.base_url} restarted and lost the prompt while "
-                                   f"running {watch.describe_node(watch.current_node)}")
+            raise ComfyUnavailable(f"ComfyUI at {deps.comfy.base_url} does not know the prompt (it restarted "
+                                   f"and lost it) while running {watch.describe_node(watch.current_node)}")
     if entry is not None:
         return w.apply_history(watch, entry)
     log.debug("prompt %s: still queued or running", watch.prompt_id)
@@ -202,6 +230,7 @@ def store_outputs(refs: list[out.OutputRef], request: ExecutionRequest, deps: Ex
     for ref in refs:
         stop_if_aborted(deps, f"before storing {ref.filename}")
         data = deps.comfy.fetch_output(ref.filename, ref.subfolder, ref.type)
-        files.append(deps.store.store(request.key_prefix, ref.delivery_name, data))
+        files.append(store_with_retry(deps.store, request.key_prefix, ref.delivery_name, data,
+                                      deps.storage_retry_for, deps.abort))
         log.debug("%s: stored %s (%d bytes)", request.label, ref.delivery_name, len(data))
     return files

@@ -3,16 +3,23 @@
 Each store turns one output file into the ``{filename, type, data}`` entry of GmAnimato's ``files``.
 S3 keys are ``<job id>/<filename>``; the URL is ``<endpoint>/<bucket>/<key>`` (with no endpoint, AWS's
 own ``https://<bucket>.s3.<region>.amazonaws.com/<key>``). GmAnimato refuses a stored URL over 500
-characters, so such a URL fails the job before anything is uploaded.
+characters, so such a URL fails the job before anything is uploaded. :func:`store_with_retry` retries
+transient failures (unreachable, 5xx, throttling) with backoff for ``storage.retry_for`` seconds; a
+refused bucket (403, NoSuchBucket) fails at once.
 """
 from __future__ import annotations
 
 import base64
+import logging
 import mimetypes
+import time
+from collections.abc import Callable
 from typing import Protocol
 from urllib.parse import quote
 
-from handler.errors import PermanentError, StorageError
+from handler.errors import ComfyUnavailable, PermanentError, StorageError
+
+log = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 500
 
@@ -80,6 +87,37 @@ class S3Store:
             raise StorageError(f"S3 upload of {key} failed: {code or status}") from exc
         except BotoCoreError as exc:
             raise StorageError(f"S3 upload of {key} failed: {exc}") from exc
+
+
+def storage_retry_delay(attempt: int, elapsed: float, retry_for: float, base: float = 1.0,
+                        cap: float = 15.0) -> float | None:
+    """Wait before try ``attempt + 1`` after ``attempt`` transient failures, ``elapsed`` s in; None once
+    ``retry_for`` is spent (pure). The last wait is cut so the last try lands at the deadline."""
+    if elapsed >= retry_for:
+        return None
+    return min(min(cap, base * 2.0 ** min(attempt - 1, 30)), retry_for - elapsed)
+
+
+def store_with_retry(store: OutputStore, key_prefix: str, filename: str, data: bytes, retry_for: float,
+                     abort: Callable[[], "str | None"] = lambda: None,
+                     sleep: Callable[[float], None] = time.sleep) -> dict:
+    """``store.store`` with transient failures retried for ``retry_for`` seconds (an abort ends it)."""
+    started = time.monotonic()
+    attempt = 0
+    while True:
+        try:
+            return store.store(key_prefix, filename, data)
+        except StorageError as exc:
+            attempt += 1
+            delay = storage_retry_delay(attempt, time.monotonic() - started, retry_for)
+            if delay is None:
+                raise StorageError(f"{exc.message}; still failing after {time.monotonic() - started:.0f} s "
+                                   f"(storage.retry_for = {retry_for:g} s)") from exc
+            log.warning("%s/%s: %s; trying again in %.1f s", key_prefix, filename, exc.message, delay)
+            sleep(delay)
+            reason = abort()
+            if reason:
+                raise ComfyUnavailable(f"{reason} while storing {filename}") from exc
 
 
 def make_store(endpoint_url: str, bucket: str, access_key_id: str, secret_access_key: str,

@@ -42,6 +42,8 @@ class WebhookConfig:
     progress_interval: float = 2.0
     retry_delay: float = 1.0      # first retry wait; doubles each retry, capped at 60 s, with jitter
     timeout: float = 30.0
+    expiry: float = 86400.0       # an undelivered final webhook stays in the outbox this long
+    outbox_max_delay: float = 300.0  # longest wait between two outbox attempts
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,15 @@ class S3Config:
 @dataclass(frozen=True)
 class StorageConfig:
     s3: S3Config = field(default_factory=S3Config)
+    retry_for: float = 120.0      # transient S3 failures are retried this long before the job fails
+
+
+@dataclass(frozen=True)
+class JobsConfig:
+    resume: str = "retry"         # an open job whose process died: retry (re-run it) | fail (report it)
+    max_attempts: int = 2         # starts of one job, every kind of restart counted
+    resume_max_age: float = 1500.0  # claimed longer ago than this: reported failed instead of re-run
+    keep_closed: float = 604800.0   # finished journal rows are pruned after this many seconds
 
 
 @dataclass(frozen=True)
@@ -108,6 +119,14 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
+    jobs: JobsConfig = field(default_factory=JobsConfig)
+    state_dir: str = ""               # the journal's folder; default <comfy.work_dir>/state
+    failpoints: str = ""              # fault tests only: a JSON file naming points to pause at
+
+    @property
+    def state_path(self) -> Path:
+        """Where the journal lives: ``state_dir``, else ``<comfy.work_dir>/state`` (absolute)."""
+        return Path(self.state_dir or Path(self.comfy.work_dir) / "state").resolve()
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, so log output can be scrubbed of them."""
@@ -129,10 +148,14 @@ ENV_KEYS: tuple[tuple[str, str], ...] = (
     ("BUCKET_REGION", "storage.s3.region"),
     ("WORKER_SENTINEL_FILE", "supervisor.sentinel_file"),
 )
+# systemd's StateDirectory= sets STATE_DIRECTORY (a colon-separated list: the first is ours); it wins
+# over the file, so a unit can move the journal without editing config.yaml.
+STATE_DIRECTORY_ENV = "STATE_DIRECTORY"
 
 CHOICES = {
     "api.callback": ("task", "derive"),
     "comfy.mode": ("start", "attach"),
+    "jobs.resume": ("retry", "fail"),
     "logging.level": ("debug", "info", "warning", "error"),
     "logging.format": ("text", "json"),
 }
@@ -141,9 +164,11 @@ POSITIVE = {"api.poll_interval", "api.timeout", "api.auth_retry_interval", "api.
             "comfy.job_timeout", "supervisor.heartbeat_interval", "supervisor.heartbeat_timeout",
             "supervisor.probe_interval", "supervisor.probe_timeout", "supervisor.backoff_start",
             "supervisor.log_max_bytes", "supervisor.backoff_cap",
-            "supervisor.restart_window", "supervisor.drain_timeout"}
+            "supervisor.restart_window", "supervisor.drain_timeout", "webhook.expiry",
+            "webhook.outbox_max_delay", "jobs.max_attempts", "jobs.resume_max_age", "jobs.keep_closed"}
 NON_NEGATIVE = {"webhook.max_retries", "webhook.retry_delay", "supervisor.healthy_reset",
-                "supervisor.max_restarts", "supervisor.stop_grace", "supervisor.log_backups"}
+                "supervisor.max_restarts", "supervisor.stop_grace", "supervisor.log_backups",
+                "storage.retry_for"}
 
 
 def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
@@ -184,6 +209,9 @@ def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
     for name, dotted in ENV_KEYS:
         if env.get(name) and dotted not in values:
             values[dotted] = env[name]
+    state = env.get(STATE_DIRECTORY_ENV, "").split(":")[0]
+    if state:
+        values["state_dir"] = state
     host = env.get("COMFY_HOST")
     if host:
         values["comfy.mode"] = "attach"

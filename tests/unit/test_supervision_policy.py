@@ -6,7 +6,8 @@ import signal
 import pytest
 
 from worker import exits
-from worker.supervision.policy import RestartPolicy, decide_restart, describe_status
+from worker.exits import describe_status
+from worker.supervision.policy import RestartPolicy, decide_restart
 from worker.supervision.states import ChildState as S
 from worker.supervision.states import IllegalTransition, StateHolder
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from handler.errors import ApiUnavailable
+from worker.jobs.errors import ApiUnavailable
 from worker.jobs.webhooks import (JobWebhooks, completed_payload, failed_payload, progress_due,
                                   progress_payload)
 

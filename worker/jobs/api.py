@@ -13,7 +13,8 @@ from typing import Any
 
 import requests
 
-from handler.errors import ApiRefused, ApiUnavailable, describe_network_error
+from handler.errors import describe_network_error
+from worker.jobs.errors import ApiRefused, ApiUnavailable
 
 log = logging.getLogger(__name__)
 

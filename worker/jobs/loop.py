@@ -3,18 +3,20 @@
 One worker serves one slot. Under the supervisor it runs in its own process
 (:func:`worker_process_main`), claims only while the supervisor says its ComfyUI is ready, and reports
 up its own queue. Alone (``local_worker.py``) it runs in the calling process and probes ComfyUI
-itself. Either way a claimed job always gets a final webhook: completed, or failed with a reason a
-person can act on, even when ComfyUI dies under it or the worker is told to stop at once.
+itself. Either way every claimed job is in the journal before anything is done with it, and ends with a
+final webhook (:mod:`worker.jobs.lifecycle`, :mod:`worker.jobs.outbox`). At its start, before claiming,
+it recovers the jobs a dead predecessor left open (:mod:`worker.jobs.recovery`). A worker whose
+supervisor died leaves its job open in the journal and exits: the next start picks it up.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,16 +25,22 @@ from typing import Any
 import requests
 
 from handler.comfy_client import ComfyClient
-from handler.errors import ApiUnavailable, ComfyUnavailable, WorkerError
-from handler.run import ExecutionDeps, ExecutionRequest, run_job
+from handler.errors import ComfyUnavailable
 from handler.storage import make_store
 from worker import exits
 from worker.config import Config
+from worker.exits import describe_status
+from worker.failpoints import Failpoints
 from worker.jobs import pacing as pc
-from worker.jobs.api import DELIVERED, PERMANENT, AuthError, GmAnimatoClient, ServerMisconfigured
+from worker.jobs.api import AuthError, GmAnimatoClient, ServerMisconfigured
+from worker.jobs.errors import ApiUnavailable
+from worker.jobs.lifecycle import JobRun
+from worker.jobs.outbox import Outbox
+from worker.jobs.recovery import recover_slot, task_of
 from worker.jobs.task import JOB_PREFIX, Job, TaskError, callback_for, parse_task
-from worker.jobs.webhooks import JobWebhooks, completed_payload, failed_payload
-from worker.supervision.policy import describe_status
+from worker.jobs.webhooks import JobWebhooks
+from worker.journal.phases import Phase
+from worker.journal.store import JobRecord, Journal, JournalError
 from worker.reports import Command, Down, Report, Up
 
 log = logging.getLogger(__name__)
@@ -49,16 +57,24 @@ class SlotSpec:
 
 class Worker:
     def __init__(self, config: Config, slot: SlotSpec, report: Callable[[Report], None] | None = None,
-                 supervised: bool = False) -> None:
+                 supervised: bool = False, parent_pid: int | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = config
         self.slot = slot
         self._report = report or (lambda r: None)
         self.supervised = supervised
+        self.parent_pid = parent_pid
+        self.clock = clock
         self.session = requests.Session()
         self.api = GmAnimatoClient(config.api.url, config.api.secret, config.api.timeout)
         self.comfy = ComfyClient(slot.comfy_url, config.comfy.timeout)
         s3 = config.storage.s3
         self.store = make_store(s3.endpoint_url, s3.bucket, s3.access_key_id, s3.secret_access_key, s3.region)
+        self.failpoints = Failpoints(config.failpoints)
+        self.journal = Journal.open(config.state_path, on_write=self._journal_written)
+        self.outbox = Outbox(self.journal, slot.name,
+                             GmAnimatoClient(config.api.url, config.api.secret, config.api.timeout),
+                             config.webhook, clock)
         self.wake = threading.Event()            # set on any command, to cut a wait short
         self.draining = threading.Event()
         self.stopping = threading.Event()
@@ -71,6 +87,9 @@ class Worker:
         self.sentinel = "" if supervised else config.supervisor.sentinel_file
         self.comfy_gone = False                  # the supervisor will not bring ComfyUI back
         self._said_comfy_down = False
+
+    def _journal_written(self, point: str, record: JobRecord) -> None:
+        self.failpoints.reach(f"journal:{point}", record.label)
 
     # ---- commands and signals (any thread) -------------------------------------------------------
     def handle_command(self, command: Command) -> None:
@@ -103,12 +122,29 @@ class Worker:
     def report(self, kind: Up, **data: Any) -> None:
         self._report(Report(kind, self.slot.name, data))
 
+    def supervisor_gone(self) -> bool:
+        return self.parent_pid is not None and os.getppid() != self.parent_pid
+
+    def abandon_if_orphaned(self, job_id: str | None = None) -> None:
+        """Under a supervisor that died: exit now, leaving the job open in the journal for the next start
+        (its ComfyUI died with the supervisor; reporting the job failed would throw its work away)."""
+        if not self.supervisor_gone():
+            return
+        log.error("Supervisor (pid %s) is gone; %s and exiting", self.parent_pid,
+                  f"leaving job {job_id} open in the journal for the next start" if job_id else "nothing is open")
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        os._exit(exits.EXIT_FAILURE)
+
     # ---- the loop --------------------------------------------------------------------------------
     def run(self) -> int:
-        """Serve jobs until drained or stopped; returns an exit code."""
+        """Recover what a dead predecessor left, then serve jobs until drained or stopped."""
         self.report(Up.READY, pid=os.getpid())
-        log.info("Worker for %s started (ComfyUI %s, GmAnimato %s)", self.slot.label, self.slot.comfy_url,
-                 self.config.api.url)
+        log.info("Worker for %s started (ComfyUI %s, GmAnimato %s, journal %s)", self.slot.label,
+                 self.slot.comfy_url, self.config.api.url, self.journal.path)
+        self.prune_journal()
+        self.outbox.start()
+        recover_slot(self)
         while not self.draining.is_set():
             if sentinel_present(self.sentinel):
                 log.info("Found %s: finishing up and stopping", self.sentinel)
@@ -117,8 +153,18 @@ class Worker:
             if not self.ensure_comfy():
                 continue
             self.poll_once()
+        waiting = self.outbox.stop()
+        if waiting:
+            log.warning("%d final webhook(s) not delivered yet stay in the outbox (%s); the next start sends "
+                        "them", waiting, self.journal.path)
         log.info("Worker for %s stopped after %d job(s)", self.slot.label, self.jobs_done)
         return exits.EXIT_OK
+
+    def prune_journal(self) -> None:
+        pruned = self.journal.prune(self.clock() - self.config.jobs.keep_closed)
+        if pruned:
+            log.info("Journal: pruned %d finished job(s) older than %g s (jobs.keep_closed)", pruned,
+                     self.config.jobs.keep_closed)
 
     def ensure_comfy(self) -> bool:
         """True when ComfyUI may take a job; otherwise waits a little and returns False."""
@@ -134,6 +180,13 @@ class Worker:
             log.warning("Waiting for ComfyUI at %s to answer", self.slot.comfy_url)
             self._said_comfy_down = True
         self.pause(min(self.config.api.poll_interval, 2.0))
+        return False
+
+    def await_comfy(self) -> bool:
+        """Wait until ComfyUI may take work; False when draining first."""
+        while not self.draining.is_set():
+            if self.ensure_comfy():
+                return True
         return False
 
     def poll_once(self) -> None:
@@ -172,23 +225,47 @@ class Worker:
             self.wake.wait(seconds)
 
     # ---- one job ---------------------------------------------------------------------------------
-    def process(self, task: dict) -> None:
+    def process(self, task: Any) -> None:
+        """A claimed task: on disk first, then read and run."""
+        record = self.journal.record_claim(self.slot.name, task_text(task), self.clock())
+        job = self.read_task(record, task)
+        if job is None:
+            return
+        log.info("Received task: %s", job.job_id)
+        JobRun(self, record, job).run()
+
+    def read_recorded_task(self, record: JobRecord) -> Job | None:
+        try:
+            task = task_of(record)
+        except ValueError as exc:
+            task = None
+            log.error("Job %s: its recorded task cannot be read back (%s)", record.label, exc)
+        return self.read_task(record, task)
+
+    def read_task(self, record: JobRecord, task: Any) -> Job | None:
+        """The task as a Job, its ids in the journal; None when it cannot run (it is then reported)."""
         try:
             job = parse_task(task, self.config.api.url, self.config.api.callback)
         except TaskError as exc:
-            self.reject_task(task, exc)
-            return
+            self.reject_task(record, exc)
+            return None
         except Exception as exc:   # a parser bug must not lose the job: report what we can
-            self.reject_task(task, salvage_task_error(task, self.config.api.url, exc))
+            self.reject_task(record, salvage_task_error(task, self.config.api.url, exc))
+            return None
+        self.journal.identify(record.seq, job.job_id, job.video_id, job.callback_url,
+                              callback_for(self.config.api.url, job.video_id), self.clock())
+        return job
+
+    def reject_task(self, record: JobRecord, exc: TaskError) -> None:
+        log.error("Task %s cannot run: %s", exc.job_id or "(no id)", exc)
+        if not exc.reportable:
+            log.error("Task has no usable id, so GmAnimato cannot be told; it stays processing there")
+            self.journal.close_job(record.seq, Phase.UNREPORTABLE, self.clock(), error=str(exc))
             return
-        log.info("Received task: %s", job.job_id)
-        self.current_job = job.job_id
-        self.report(Up.JOB_STARTED, job_id=job.job_id, video_id=job.video_id)
-        hooks = self.webhooks_for(job.job_id, job.video_id, job.callback_url)
-        started = time.monotonic()
-        body = self.execute(job, hooks)
-        delivery = self.deliver(hooks, body)
-        self.finish(job, body, delivery, time.monotonic() - started)
+        record = self.journal.identify(record.seq, exc.job_id, exc.video_id, exc.callback_url,
+                                       callback_for(self.config.api.url, exc.video_id) if exc.video_id else "",
+                                       self.clock())
+        JobRun(self, record, Job(exc.job_id, exc.video_id, {}, (), {}, exc.callback_url)).report_failure(str(exc))
 
     def webhooks_for(self, job_id: str, video_id: str, callback_url: str) -> JobWebhooks:
         hook = self.config.webhook
@@ -196,37 +273,13 @@ class Worker:
                            hook.retry_delay, hook.timeout,
                            fallback_url=callback_for(self.config.api.url, video_id))
 
-    def deliver(self, hooks: JobWebhooks, body: dict):
-        """Send the final webhook. A ``completed`` refused for good (too large, invalid) becomes a
-        small ``failed`` one, so GmAnimato never keeps the job processing."""
-        if self.stopping.is_set():         # a fast stop: one short try, the supervisor will not wait long
-            hooks.max_retries = 0
-            hooks.timeout = max(1.0, min(hooks.timeout, self.config.supervisor.stop_grace - 2))
-        delivery = hooks.final(body)
-        if body["status"] == "completed" and delivery.outcome == PERMANENT and delivery.status in (400, 413):
-            reason = ("the result webhook was too large for GmAnimato (HTTP 413); configure storage.s3 so "
-                      "videos travel as URLs, not base64" if delivery.status == 413 else
-                      "GmAnimato refused the result webhook (HTTP 400)")
-            log.error("Job %s: %s; reporting it failed instead", hooks.job_id, reason)
-            body.clear()
-            body.update(failed_payload(hooks.job_id, reason))
-            delivery = hooks.final(body)
-        return delivery
+    def fast_stop_timeout(self) -> float | None:
+        """On a fast stop, a final webhook gets one short try (the rest waits in the outbox)."""
+        if not self.stopping.is_set():
+            return None
+        return max(1.0, min(self.config.webhook.timeout, self.config.supervisor.stop_grace - 2))
 
-    def execute(self, job: Job, hooks: JobWebhooks) -> dict:
-        """Run the job on ComfyUI: the final webhook body, completed or failed (never raises).
-
-        When ComfyUI went away before anything of the job ran, the job waits for ComfyUI to be ready
-        again and is tried once more rather than failed."""
-        try:
-            return self.execute_once(job, hooks, retry=True)
-        except ComfyUnavailable as exc:     # raised only when nothing of the job had run yet
-            log.warning("Job %s: %s; waiting for ComfyUI to try again", job.job_id, exc.message)
-            if not self.wait_for_comfy(self.config.comfy.startup_timeout):
-                return failed_payload(job.job_id, self.comfy_exit or exc.message)
-        log.info("Job %s: ComfyUI is back; trying again", job.job_id)
-        return self.execute_once(job, hooks, retry=False)
-
+    # ---- ComfyUI's state as a job sees it ----------------------------------------------------------
     def wait_for_comfy(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and not self.stopping.is_set():
@@ -241,33 +294,15 @@ class Worker:
                 self.stopping.wait(1.0)
         return False
 
-    def execute_once(self, job: Job, hooks: JobWebhooks, retry: bool) -> dict:
-        """One try: the final webhook body. With ``retry``, a ComfyUI that went away before anything
-        of the job ran is raised (ComfyUnavailable) for :meth:`execute` to wait and try again."""
-        def on_progress(snapshot: dict, node_changed: bool) -> None:
-            if hooks.progress(snapshot, node_changed):
-                self.report(Up.JOB_PROGRESS, job_id=job.job_id, progress=snapshot)
-
-        request = ExecutionRequest(workflow=job.workflow, inputs=job.images, node_weights=job.node_weights,
-                                   key_prefix=job.job_id, prompt_id=f"{job.job_id}-{uuid.uuid4().hex[:12]}",
-                                   label=job.job_id)
-        deps = ExecutionDeps(comfy=self.comfy, store=self.store, session=self.session,
-                             on_progress=on_progress, abort=self.abort_reason,
-                             job_timeout=self.config.comfy.job_timeout,
-                             client_id=f"gmanimato-{self.slot.name}-{uuid.uuid4().hex[:8]}")
+    def prompt_known(self, record: JobRecord) -> bool:
+        """Whether this slot's ComfyUI still has the recorded prompt (queued, running or in history)."""
         try:
-            result = run_job(request, deps)
+            return self.comfy.history(record.prompt_id or "") is not None or \
+                self.comfy.is_queued(record.prompt_id or "")
         except ComfyUnavailable as exc:
-            self.comfy_lost()
-            if retry and exc.before_prompt and not self.stopping.is_set():
-                raise
-            return failed_payload(job.job_id, exc.message, exc.details)
-        except WorkerError as exc:
-            return failed_payload(job.job_id, exc.message, exc.details)
-        except Exception as exc:  # a bug of ours: the job is still reported, with the cause
-            log.exception("job %s: unexpected error", job.job_id)
-            return failed_payload(job.job_id, f"internal worker error: {type(exc).__name__}: {exc}")
-        return completed_payload(job.job_id, result.files)
+            log.warning("Job %s: cannot ask ComfyUI about prompt %s (%s)", record.label, record.prompt_id,
+                        exc.message)
+            return False
 
     def abort_reason(self) -> str | None:
         if self.comfy_exit:
@@ -285,33 +320,13 @@ class Worker:
         elif not self.comfy.probe():
             self.comfy_ready.clear()
 
-    def finish(self, job: Job, body: dict, delivery, seconds: float) -> None:
-        self.current_job = None
-        self.jobs_done += 1
-        status = body["status"]
-        if status == "completed":
-            log.info("Job %s completed in %.1f s", job.job_id, seconds)
-        else:
-            log.error("Job %s failed: %s", job.job_id, body.get("error"))
-        if delivery.outcome == DELIVERED:
-            log.info("Webhook %s for %s delivered (HTTP %s)", status, job.job_id, delivery.status)
-        else:
-            log.error("Webhook %s for %s not delivered: %s after %d attempt(s) (last HTTP %s)", status,
-                      job.job_id, delivery.outcome, delivery.attempts, delivery.status)
-        self.report(Up.JOB_FINISHED, job_id=job.job_id, status=status, error=body.get("error"),
-                    delivered=delivery.outcome == DELIVERED, seconds=round(seconds, 3))
 
-    def reject_task(self, task: Any, exc: TaskError) -> None:
-        log.error("Task %s cannot run: %s", exc.job_id or "(no id)", exc)
-        if not exc.reportable:
-            log.error("Task has no usable id, so GmAnimato cannot be told; it stays processing there")
-            return
-        hooks = self.webhooks_for(exc.job_id, exc.video_id, exc.callback_url)
-        body = failed_payload(exc.job_id, str(exc))
-        delivery = self.deliver(hooks, body)
-        job = Job(exc.job_id, exc.video_id, {}, (), {}, exc.callback_url)
-        self.report(Up.JOB_STARTED, job_id=exc.job_id, video_id=exc.video_id)
-        self.finish(job, body, delivery, 0.0)
+def task_text(task: Any) -> str:
+    """The claim answer as it is kept in the journal (JSON text)."""
+    try:
+        return json.dumps(task)
+    except (TypeError, ValueError, RecursionError) as exc:
+        return json.dumps({"unreadable_task": f"{type(exc).__name__}: {exc}"[:500]})
 
 
 # ---- the worker process under the supervisor -------------------------------------------------------
@@ -321,11 +336,10 @@ def _read_commands(worker: Worker, commands: Any, parent_pid: int) -> None:
         try:
             command = commands.get(timeout=1.0)
         except queue.Empty:
-            if os.getppid() != parent_pid:
-                log.error("Supervisor (pid %d) is gone; stopping", parent_pid)
-                worker.request_stop()
+            worker.abandon_if_orphaned(worker.current_job)
             continue
         except (EOFError, OSError):
+            worker.abandon_if_orphaned(worker.current_job)
             worker.request_stop()
             return
         worker.handle_command(command)
@@ -342,7 +356,14 @@ def worker_process_main(config: Config, slot: SlotSpec, reports: Any, commands: 
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group; the supervisor decides
     setup_logging(f"worker-{slot.name}", config.logging.level, config.logging.format, config.secrets())
-    worker = Worker(config, slot, reports.put, supervised=True)
+    try:
+        worker = Worker(config, slot, reports.put, supervised=True, parent_pid=parent_pid)
+    except JournalError as exc:          # the supervisor checked it at start; say why, never restart
+        log.error("%s", exc)
+        reports.put(Report(Up.FATAL, slot.name, {"reason": str(exc)}))
+        reports.close()
+        reports.join_thread()
+        os._exit(exits.EXIT_CONFIG)
     install_drain_signals(worker, (signal.SIGTERM,))  # a group-wide SIGTERM drains, as the supervisor does
     threading.Thread(target=_read_commands, args=(worker, commands, parent_pid), daemon=True,
                      name="commands").start()

@@ -13,10 +13,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from handler.errors import ApiUnavailable
 from worker.backoff import backoff_delay
+from worker.jobs.errors import ApiUnavailable
 from worker.jobs.api import DELIVERED, PERMANENT, GmAnimatoClient, webhook_verdict
 
 log = logging.getLogger(__name__)
@@ -46,11 +46,71 @@ def progress_due(last_sent: float | None, now: float, interval: float, node_chan
 
 @dataclass(frozen=True)
 class Delivery:
-    """How a final webhook ended: ``delivered``, ``permanent`` (refused for good) or ``gave_up``."""
+    """How a run of final-webhook attempts ended: ``delivered``, ``permanent`` (refused for good) or
+    ``gave_up`` (every attempt failed in a way that may pass: the outbox keeps trying)."""
 
     outcome: str
     status: int | None
     attempts: int
+    error: str = ""
+    body: dict | None = field(default=None, compare=False, repr=False)   # the body these attempts sent
+
+
+GAVE_UP = "gave_up"
+
+
+def refusal_replacement(body: dict, status: int | None) -> dict | None:
+    """A ``completed`` refused for good for its size or content (413, 400) becomes a small ``failed``
+    one, so GmAnimato never keeps the job processing; any other refusal stands (pure)."""
+    if body.get("status") != "completed" or status not in (400, 413):
+        return None
+    reason = ("the result webhook was too large for GmAnimato (HTTP 413); configure storage.s3 so videos "
+              "travel as URLs, not base64" if status == 413 else "GmAnimato refused the result webhook (HTTP 400)")
+    return failed_payload(str(body.get("id", "")), reason)
+
+
+class CallbackTarget:
+    """Where a job's webhooks go: the task's callback URL, switched once to the one derived from
+    ``api.url`` (which answered our claim, so it is reachable) when the task's redirects or is unreachable."""
+
+    def __init__(self, url: str, fallback_url: str = "", label: str = "") -> None:
+        self.url, self.fallback_url, self.label = url, fallback_url, label
+
+    def use_fallback(self, why: str) -> bool:
+        """Switch to the derived URL; True when switched."""
+        if not self.fallback_url or self.fallback_url == self.url:
+            return False
+        log.warning("job %s: %s %s; using %s instead", self.label, self.url, why, self.fallback_url)
+        self.url = self.fallback_url
+        return True
+
+
+def send_final(api: GmAnimatoClient, target: CallbackTarget, body: dict, tries: int, retry_delay: float,
+               timeout: float, sleep: Callable[[float], None] = time.sleep) -> Delivery:
+    """Up to ``tries`` attempts with backoff; stops at a delivery or a permanent answer. Never raises."""
+    status: int | None = None
+    error = ""
+    for attempt in range(1, tries + 1):
+        if attempt > 1:
+            sleep(backoff_delay(attempt - 1, retry_delay, 60.0))
+        try:
+            status = api.post_webhook(target.url, body, timeout=timeout)
+        except ApiUnavailable as exc:
+            error = exc.message
+            log.warning("job %s: %s webhook attempt %d failed: %s", target.label, body["status"], attempt, exc)
+            target.use_fallback("is unreachable")
+            continue
+        verdict = webhook_verdict(status)
+        if verdict == DELIVERED:
+            return Delivery(DELIVERED, status, attempt, body=body)
+        if 300 <= status < 400 and target.use_fallback(f"answered a redirect (HTTP {status})"):
+            continue
+        if verdict == PERMANENT:
+            return Delivery(PERMANENT, status, attempt, f"HTTP {status}", body)
+        error = f"HTTP {status}"
+        log.warning("job %s: %s webhook attempt %d answered HTTP %s", target.label, body["status"],
+                    attempt, status)
+    return Delivery(GAVE_UP, status, tries, error, body)
 
 
 class JobWebhooks:
@@ -60,8 +120,8 @@ class JobWebhooks:
     def __init__(self, api: GmAnimatoClient, url: str, job_id: str, max_retries: int,
                  progress_interval: float, retry_delay: float = 1.0, timeout: float = 30.0,
                  sleep: Callable[[float], None] = time.sleep, fallback_url: str = "") -> None:
-        self.api, self.url, self.job_id = api, url, job_id
-        self.fallback_url = fallback_url   # the derived callback, tried once if the task's redirects
+        self.api, self.job_id = api, job_id
+        self.target = CallbackTarget(url, fallback_url, job_id)
         self.max_retries, self.progress_interval = max_retries, progress_interval
         self.retry_delay, self.timeout, self._sleep = retry_delay, timeout, sleep
         self._cond = threading.Condition()
@@ -71,6 +131,10 @@ class JobWebhooks:
         self._thread = threading.Thread(target=self._progress_loop, daemon=True,
                                         name=f"progress-{job_id}")
         self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return self.target.url
 
     def progress(self, snapshot: dict, node_changed: bool) -> bool:
         """Offer a progress snapshot; True when it is due and will be sent (replacing an older one)."""
@@ -95,7 +159,7 @@ class JobWebhooks:
 
     def _send_progress(self, body: dict) -> None:
         try:
-            status = self.api.post_webhook(self.url, body, timeout=(5.0, min(10.0, self.timeout)))
+            status = self.api.post_webhook(self.target.url, body, timeout=(5.0, min(10.0, self.timeout)))
         except ApiUnavailable as exc:
             log.debug("job %s: progress webhook not delivered (%s)", self.job_id, exc)
             return
@@ -108,40 +172,15 @@ class JobWebhooks:
             self._closed = True
             self._pending = None
             self._cond.notify()
+        if self._thread is threading.current_thread():
+            return
         self._thread.join(timeout=min(30.0, self.timeout + 1))
         if self._thread.is_alive():
             log.warning("job %s: a progress webhook is still in flight after 30 s; sending the final one",
                         self.job_id)
 
-    def use_fallback(self, why: str) -> bool:
-        """Switch once from the task's callback URL to the one derived from api.url (which answered
-        our claim, so it is reachable); True when switched."""
-        if not self.fallback_url or self.fallback_url == self.url:
-            return False
-        log.warning("job %s: %s %s; using %s instead", self.job_id, self.url, why, self.fallback_url)
-        self.url = self.fallback_url
-        return True
-
-    def final(self, body: dict) -> Delivery:
-        """Deliver the final webhook with retries; never raises."""
+    def final(self, body: dict, tries: int | None = None, timeout: float | None = None) -> Delivery:
+        """Stop progress, then deliver the final webhook with up to ``1 + max_retries`` attempts."""
         self.stop_progress()
-        status: int | None = None
-        for attempt in range(1, self.max_retries + 2):
-            if attempt > 1:
-                self._sleep(backoff_delay(attempt - 1, self.retry_delay, 60.0))
-            try:
-                status = self.api.post_webhook(self.url, body, timeout=self.timeout)
-            except ApiUnavailable as exc:
-                log.warning("job %s: %s webhook attempt %d failed: %s", self.job_id, body["status"], attempt, exc)
-                self.use_fallback("is unreachable")
-                continue
-            verdict = webhook_verdict(status)
-            if verdict == DELIVERED:
-                return Delivery(DELIVERED, status, attempt)
-            if 300 <= status < 400 and self.use_fallback(f"answered a redirect (HTTP {status})"):
-                continue
-            if verdict == PERMANENT:
-                return Delivery(PERMANENT, status, attempt)
-            log.warning("job %s: %s webhook attempt %d answered HTTP %s", self.job_id, body["status"],
-                        attempt, status)
-        return Delivery("gave_up", status, self.max_retries + 1)
+        return send_final(self.api, self.target, body, tries or self.max_retries + 1, self.retry_delay,
+                          timeout or self.timeout, self._sleep)

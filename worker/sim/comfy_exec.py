@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import json
 import logging
 import os
 import random
@@ -50,6 +51,7 @@ class SimConfig:
     crash_on_prompt: int = 0
     previews: bool = True
     history_delay: float = 0.05
+    record: str = ""             # append one JSON line per finished prompt here (outlives the process)
 
 
 class Interrupted(Exception):
@@ -191,7 +193,17 @@ class Executor:
             await self._message(run, "execution_success", {"prompt_id": run.prompt_id})
         else:
             await self._report_failure(run, failure)
+        self._record(run)
         await self._finish(run, started)
+
+    def _record(self, run: PromptRun) -> None:
+        """``--record``: one line per finished prompt, written and flushed before ``_finish``."""
+        if not self.cfg.record:
+            return
+        line = json.dumps({"prompt_id": run.prompt_id, "success": run.success, "t": time.time(),
+                           "pid": os.getpid()})
+        with open(self.cfg.record, "a", encoding="utf-8") as out:
+            out.write(line + "\n")
 
     async def _finish(self, run: PromptRun, started: float) -> None:
         """Clean-up pause, history entry + ``status``, then ``executing null`` (ComfyUI's order)."""

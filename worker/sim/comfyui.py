@@ -13,7 +13,8 @@ device 0 is its GPU. With none visible it exits 1 with ComfyUI's "No CUDA GPUs a
 Simulator-only flags: ``--startup-delay S``, ``--node-time S``, ``--steps N``, ``--step-time S``,
 ``--output-size BYTES``, ``--crash-on-prompt N``, ``--disable-node CLASS`` (repeatable),
 ``--history-delay S``, ``--gpu-fail-delay S`` (before the no-GPU traceback), ``--fail-on-gpu UUID``
-(repeatable: exit 1 at once with a CUDA error when pinned to that GPU). Unknown flags are ignored, so a
+(repeatable: exit 1 at once with a CUDA error when pinned to that GPU), ``--record FILE`` (one JSON line
+per finished prompt, so a test can count executions across kills of the simulator). Unknown flags are ignored, so a
 supervisor can pass real ComfyUI flags unchanged.
 
 Per-node scripting, in the prompt itself: ``"_meta": {"sim": {...}}`` with keys ``error`` (+
@@ -98,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds between execution_success and filing history")
     p.add_argument("--gpu-fail-delay", type=float, default=0.3,
                    help="seconds before the 'No CUDA GPUs are available' exit (real: 3.5-4.7)")
+    p.add_argument("--record", default=None, metavar="FILE",
+                   help="append a JSON line (prompt_id, success, t, pid) per finished prompt")
     p.add_argument("--fail-on-gpu", action="append", default=[], metavar="UUID",
                    help="exit 1 at once with a CUDA error when cuda:0 is this GPU (repeatable)")
     return p
@@ -173,7 +176,8 @@ class SimServer:
         self.queue = PromptQueue(self.hub.broadcast_status)
         cfg = SimConfig(node_time=args.node_time, steps=args.steps, step_time=args.step_time,
                         output_size=args.output_size, crash_on_prompt=args.crash_on_prompt,
-                        previews=args.preview_method != "none", history_delay=args.history_delay)
+                        previews=args.preview_method != "none", history_delay=args.history_delay,
+                        record=args.record or "")
         self.executor = Executor(cfg, self.specs, dirs, self.hub, self.queue, self.files)
 
     def make_app(self) -> web.Application:

@@ -21,7 +21,7 @@ from worker.logs import setup_logging
 from worker.reports import Report, Up
 from worker.sim.launch import GMANIMATO_READY, project_root, start_sim
 from worker.supervision.arbiter import Supervisor
-from worker.supervision.slots import plan_slots
+from worker.supervision.startup import prepare_box
 
 TEMPLATES = ("i2v", "fl2v", "i2v-720p")
 FINAL = ("completed", "failed")
@@ -106,11 +106,15 @@ def run_demo(jobs: int = 3, step_time: float = 0.25, timeout: float = 180.0) -> 
             video_ids = queue_jobs(gmanimato.url, jobs)
             print(f"Simulated GmAnimato at {gmanimato.url} with {jobs} job(s); starting the supervisor",
                   flush=True)
-            supervisor = Supervisor(config, plan_slots(config), on_report=print_report)
+            box = prepare_box(config)
+            supervisor = Supervisor(config, box.plans, on_report=print_report)
             supervisor.install_signal_handlers()
             threading.Thread(target=watch_until_done, daemon=True, name="demo-watch",
                              args=(gmanimato.url, video_ids, supervisor, time.monotonic() + timeout)).start()
-            supervisor.run()
+            try:
+                supervisor.run()
+            finally:
+                box.release()
             return print_summary(gmanimato.url, video_ids)
     finally:
         gmanimato.stop()

@@ -24,7 +24,8 @@ from worker.config import Config
 from worker.reports import Command, Down, Report, Up
 from worker.supervision.children import ComfyProcess, SlotPlan, WorkerProcess
 from worker.supervision.notify import sd_notify
-from worker.supervision.policy import RestartPolicy, decide_restart, describe_status
+from worker.exits import describe_status
+from worker.supervision.policy import RestartPolicy, decide_restart
 from worker.supervision.slots import assign_ports, port_is_free
 from worker.supervision.states import ChildState as S
 from worker.supervision.states import StateHolder
@@ -34,6 +35,25 @@ log = logging.getLogger(__name__)
 TICK = 0.2
 DRAIN, FAST_STOP, SIGNAL = "drain", "stop", "signal"
 PORT_IN_USE = "address already in use"
+
+
+def stop_resource_tracker() -> None:
+    """Stop and reap multiprocessing's resource tracker, once every worker is gone.
+
+    Spawn-context workers make multiprocessing start a tracker process as our child; left alone it exits
+    only after we do, so for a moment a child of ours would outlive us (systemd, and a test that looks
+    for leftovers, see it). Its queues are collected first, so nothing starts it again."""
+    import gc
+    from multiprocessing import resource_tracker
+
+    gc.collect()
+    tracker = getattr(resource_tracker, "_resource_tracker", None)
+    stop = getattr(tracker, "_stop", None)          # private, but present since Python 3.8
+    if stop is not None:
+        try:
+            stop()
+        except (OSError, ChildProcessError) as exc:
+            log.debug("resource tracker: %s", exc)
 
 
 class Slot:
@@ -225,9 +245,7 @@ class Supervisor:
 
     def start_worker(self, slot: Slot, now: float) -> None:
         slot.worker_state.set_state(S.STARTING)
-        if slot.worker_crashes and slot.comfy_state.state == S.RUNNING:
-            slot.comfy.clear_queue()        # the dead worker's prompt must not delay the new one's jobs
-        slot.worker.start()
+        slot.worker.start()                 # it recovers its predecessor's job from the journal first
         slot.worker_state.set_state(S.RUNNING)
         if slot.comfy_state.state == S.RUNNING:
             self.tell_ready(slot)
@@ -451,7 +469,8 @@ class Supervisor:
                 return False
             for slot in running:
                 log.error("%s: worker did not stop in time; killing it%s", slot.name,
-                          f" (job {slot.current_job} may stay processing in GmAnimato)" if slot.current_job else "")
+                          f" (job {slot.current_job} stays open in the journal; the next start recovers it)"
+                          if slot.current_job else "")
                 if slot.current_job:
                     self.exit_code = exits.EXIT_FAILURE
                 slot.worker.kill()
@@ -469,8 +488,9 @@ class Supervisor:
         for slot in self.slots:
             slot.worker.join_until(deadline)
             slot.worker.kill()
-            slot.worker.close_channels()
+            slot.worker.release()
             slot.worker.pidfile.unlink(missing_ok=True)
+        stop_resource_tracker()
         running = [s for s in self.slots if s.comfy.proc is not None and s.comfy.poll() is None]
         for slot in running:
             slot.comfy.signal_group(signal.SIGTERM)

@@ -261,14 +261,6 @@ class ComfyProcess:
             return False
         return str(self.slot_dir / "user") in argv
 
-    def clear_queue(self) -> None:
-        """Drop every queued prompt and interrupt the running one (left by a worker that died); never raises."""
-        for path, body in (("/queue", {"clear": True}), ("/interrupt", {})):
-            try:
-                requests.post(self.plan.comfy_url + path, json=body, timeout=2)
-            except requests.RequestException:
-                pass
-
     def kill_group(self) -> None:
         """SIGKILL whatever is left in the process group (a wrapper's children), after an exit."""
         if self.proc is not None:
@@ -376,3 +368,10 @@ class WorkerProcess:
                 q.cancel_join_thread()
                 q.close()
         self.reports = self.commands = None
+
+    def release(self) -> None:
+        """At shutdown, after the process has exited: drop it and its queues (so their locks go too)."""
+        self.close_channels()
+        if self.process is not None and self.process.exitcode is not None:
+            self.process.close()
+            self.process = None

@@ -1,11 +1,11 @@
 """Restart decisions (pure functions of exits and clocks; the caller passes ``now``)."""
 from __future__ import annotations
 
-import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from worker import exits
+from worker.exits import describe_status
 from worker.backoff import backoff_delay
 
 NO_GPU_MARKER = "No CUDA GPUs are available"
@@ -26,18 +26,6 @@ class Verdict:
     delay: float
     reason: str
     config_fault: bool = False   # restarting cannot help until a person changes something
-
-
-def describe_status(code: int | None) -> str:
-    """A Popen/Process exit status -> "exit code 1" or "signal 9 (SIGKILL)"."""
-    if code is None:
-        return "an unknown status"
-    if code < 0:
-        try:
-            return f"signal {-code} ({signal.Signals(-code).name})"
-        except ValueError:
-            return f"signal {-code}"
-    return f"exit code {code}"
 
 
 def decide_restart(code: int | None, crash_times: Sequence[float], now: float, policy: RestartPolicy,

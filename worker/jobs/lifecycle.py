@@ -1,0 +1,160 @@
+"""One job's life, from its journal row to its settled final webhook.
+
+:class:`JobRun` runs the job on the slot's ComfyUI, writing each step to the journal before acting on
+it (inputs uploaded, prompt queued, outputs stored), counts its starts (``jobs.max_attempts``: a ComfyUI
+that went away under the job gets it again once it is back, while starts remain), and hands the final
+webhook to the outbox. It never raises for a fault of the job: every claimed job ends in a final body,
+``completed`` or ``failed`` with a reason a person can act on.
+"""
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import TYPE_CHECKING
+
+from handler.errors import ComfyUnavailable, WorkerError
+from handler.run import ExecutionDeps, ExecutionRequest, Result, resume_job, run_job
+from worker.jobs.api import DELIVERED
+from worker.jobs.recovery import may_run_again
+from worker.jobs.task import Job
+from worker.jobs.webhooks import Delivery, JobWebhooks, completed_payload, failed_payload
+from worker.journal.store import JobRecord
+from worker.reports import Up
+
+if TYPE_CHECKING:
+    from worker.jobs.loop import Worker
+
+log = logging.getLogger(__name__)
+
+
+class JobRun:
+    def __init__(self, worker: "Worker", record: JobRecord, job: Job) -> None:
+        self.worker = worker
+        self.record = record
+        self.job = job
+        self.hooks: JobWebhooks | None = None
+
+    @property
+    def seq(self) -> int:
+        return self.record.seq
+
+    # ---- the whole life ---------------------------------------------------------------------------
+    def run(self, resume: bool = False) -> None:
+        """Execute (or, with ``resume``, follow the recorded prompt), then report the result."""
+        started = time.monotonic()
+        self.begin()
+        body = self.execute(resume)
+        self.end(body, started)
+
+    def report_stored_outputs(self) -> None:
+        """The outputs were stored before the process died: only the final webhook is left to send."""
+        self.begin()
+        self.end(completed_payload(self.job.job_id, list(self.record.files or [])), time.monotonic())
+
+    def report_failure(self, reason: str) -> None:
+        self.begin()
+        self.end(failed_payload(self.job.job_id, reason), time.monotonic())
+
+    def begin(self) -> None:
+        worker = self.worker
+        worker.current_job = self.job.job_id
+        worker.report(Up.JOB_STARTED, job_id=self.job.job_id, video_id=self.job.video_id,
+                      attempt=self.record.attempts)
+        self.hooks = worker.webhooks_for(self.job.job_id, self.job.video_id, self.job.callback_url)
+
+    def end(self, body: dict, started: float) -> None:
+        if body["status"] == "failed":
+            self.worker.abandon_if_orphaned(self.job.job_id)
+        delivery = self.worker.outbox.deliver(self.record, body, self.hooks, self.worker.fast_stop_timeout())
+        self.finish(body, delivery, time.monotonic() - started)
+
+    # ---- execution, with restarts -----------------------------------------------------------------
+    def execute(self, resume: bool) -> dict:
+        """The final webhook body, completed or failed (never raises)."""
+        worker, job = self.worker, self.job
+        while True:
+            try:
+                result = self.follow_once() if resume else self.execute_once()
+            except ComfyUnavailable as exc:
+                worker.comfy_lost()
+                worker.journal.note_error(self.seq, exc.message, worker.clock())
+                refusal = self.why_not_again(exc)
+                if refusal:
+                    return failed_payload(job.job_id, refusal, exc.details)
+                log.warning("Job %s: %s; waiting for ComfyUI to try again (start %d of %d)", job.job_id,
+                            exc.message, self.record.attempts + 1, worker.config.jobs.max_attempts)
+                if not worker.wait_for_comfy(worker.config.comfy.startup_timeout):
+                    return failed_payload(job.job_id, worker.comfy_exit or exc.message)
+                log.info("Job %s: ComfyUI is back; trying again", job.job_id)
+                resume = False
+                continue
+            except WorkerError as exc:
+                return failed_payload(job.job_id, exc.message, exc.details)
+            except Exception as exc:  # a bug of ours: the job is still reported, with the cause
+                log.exception("job %s: unexpected error", job.job_id)
+                return failed_payload(job.job_id, f"internal worker error: {type(exc).__name__}: {exc}")
+            self.record = worker.journal.outputs_stored(self.seq, result.files, worker.clock())
+            return completed_payload(job.job_id, result.files)
+
+    def why_not_again(self, exc: ComfyUnavailable) -> str | None:
+        """Why a start that ComfyUI's loss ended is not followed by another (None: it is)."""
+        worker = self.worker
+        if worker.stopping.is_set() or (worker.supervised and worker.comfy_gone):
+            return exc.message
+        limit = may_run_again(self.record.attempts, worker.config.jobs)
+        return f"{exc.message} ({limit})" if limit else None
+
+    def execute_once(self) -> Result:
+        worker, job = self.worker, self.job
+        self.record = worker.journal.start_attempt(self.seq, worker.clock())
+        request = ExecutionRequest(workflow=job.workflow, inputs=job.images, node_weights=job.node_weights,
+                                   key_prefix=job.job_id, prompt_id=f"{job.job_id}-{uuid.uuid4().hex[:12]}",
+                                   label=job.job_id)
+        return run_job(request, self.deps(f"gmanimato-{worker.slot.name}-{uuid.uuid4().hex[:8]}"))
+
+    def follow_once(self) -> Result:
+        """The recorded prompt of an earlier process, followed under its own client id."""
+        job, record = self.job, self.record
+        request = ExecutionRequest(workflow=job.workflow, inputs=(), node_weights=job.node_weights,
+                                   key_prefix=job.job_id, prompt_id=record.prompt_id or "", label=job.job_id)
+        return resume_job(request, self.deps(record.client_id or ""))
+
+    def deps(self, client_id: str) -> ExecutionDeps:
+        worker = self.worker
+        return ExecutionDeps(comfy=worker.comfy, store=worker.store, session=worker.session,
+                             on_progress=self.on_progress, on_step=self.on_step, abort=worker.abort_reason,
+                             job_timeout=worker.config.comfy.job_timeout, client_id=client_id,
+                             storage_retry_for=worker.config.storage.retry_for)
+
+    def on_progress(self, snapshot: dict, node_changed: bool) -> None:
+        if self.hooks is not None and self.hooks.progress(snapshot, node_changed):
+            self.worker.report(Up.JOB_PROGRESS, job_id=self.job.job_id, progress=snapshot)
+
+    def on_step(self, step: str, data: dict) -> None:
+        """A handler step, written to the journal before the handler acts on it."""
+        journal, now = self.worker.journal, self.worker.clock()
+        if step == "inputs_uploaded":
+            self.record = journal.inputs_uploaded(self.seq, now)
+        elif step == "prompt_queueing":
+            self.record = journal.prompt_queued(self.seq, data["prompt_id"], data["client_id"],
+                                                data["comfy_url"], now)
+
+    # ---- the end ----------------------------------------------------------------------------------
+    def finish(self, body: dict, delivery: Delivery, seconds: float) -> None:
+        worker, job_id = self.worker, self.job.job_id
+        worker.current_job = None
+        worker.jobs_done += 1
+        body = delivery.body or body              # a refused ``completed`` is replaced by a ``failed``
+        status = body["status"]
+        if status == "completed":
+            log.info("Job %s completed in %.1f s", job_id, seconds)
+        else:
+            log.error("Job %s failed: %s", job_id, body.get("error"))
+        if delivery.outcome == DELIVERED:
+            log.info("Webhook %s for %s delivered (HTTP %s)", status, job_id, delivery.status)
+        elif delivery.outcome != "gave_up":
+            log.error("Webhook %s for %s not delivered: %s after %d attempt(s) (last HTTP %s); recorded",
+                      status, job_id, delivery.outcome, delivery.attempts, delivery.status)
+        worker.report(Up.JOB_FINISHED, job_id=job_id, status=status, error=body.get("error"),
+                      delivered=delivery.outcome == DELIVERED, seconds=round(seconds, 3))
