@@ -8,7 +8,7 @@ import time
 import pytest
 
 from tests.conftest import free_port, wait_until, write_config
-from tests.integration.conftest import SECRET, base_config, comfy_sim_command
+from tests.stack import SECRET, base_config, comfy_sim_command
 from worker.sim.launch import GMANIMATO_READY, start_sim
 
 
@@ -73,7 +73,7 @@ def test_webhook_403_is_not_retried_and_500_twice_then_201_is_delivered_once(
 
 @pytest.mark.timeout(120)
 def test_api_gone_for_ten_seconds_is_survived(comfy_port, processes, tmp_path):
-    from tests.integration.conftest import GmAnimato
+    from tests.stack import GmAnimato
 
     port = free_port()
     args = ["--port", str(port), "--secret", SECRET, "--state-file", str(tmp_path / "state.json")]
@@ -102,7 +102,7 @@ def test_api_gone_for_ten_seconds_is_survived(comfy_port, processes, tmp_path):
 @pytest.fixture
 def own_gmanimato(tmp_path):
     """Start a private simulated GmAnimato with extra flags: ``own_gmanimato(*flags)``."""
-    from tests.integration.conftest import GmAnimato
+    from tests.stack import GmAnimato
 
     sims = []
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from tests.conftest import free_port, write_config
-from tests.integration.conftest import FINAL, SECRET, base_config, comfy_sim_command
+from tests.stack import FINAL, SECRET, base_config, comfy_sim_command
 
 BIG = 5 * 1024 * 1024
 

@@ -58,20 +58,21 @@ class Faults:
     webhook: dict[str, deque] = field(default_factory=dict)
     webhook_delay: float = 0.0
     task_delay: float = 0.0
+    media_delay: float = 0.0
 
     def update(self, doc: dict[str, Any]) -> None:
         """Queue more faults from a ``POST /sim/faults`` body; raises ValueError on a bad one."""
         if doc.get("clear"):
             self.task.clear()
             self.webhook.clear()
-            self.webhook_delay = self.task_delay = 0.0
+            self.webhook_delay = self.task_delay = self.media_delay = 0.0
         webhook = doc.get("webhook") or {}
         if not isinstance(webhook, dict):
             raise ValueError(f"webhook: must be an object of video id -> list, got {webhook!r}")
         for video_id, codes in webhook.items():
             self.webhook.setdefault(video_id, deque()).extend(check_codes(codes, f"webhook.{video_id}"))
         self.task.extend(check_codes(doc.get("task") or [], "task"))
-        for key in ("webhook_delay", "task_delay"):
+        for key in ("webhook_delay", "task_delay", "media_delay"):
             if key in doc:
                 setattr(self, key, max(0.0, float(doc[key])))
 
@@ -91,7 +92,8 @@ class Faults:
 
     def view(self) -> dict[str, Any]:
         return {"task": list(self.task), "webhook": {k: list(v) for k, v in self.webhook.items() if v},
-                "webhook_delay": self.webhook_delay, "task_delay": self.task_delay}
+                "webhook_delay": self.webhook_delay, "task_delay": self.task_delay,
+                "media_delay": self.media_delay}
 
 
 def check_codes(codes: Any, where: str) -> list[int | str]:

@@ -26,9 +26,11 @@ Control routes (JSON)::
     GET  /sim/uploads/<name>  (also /uploads/<name>)   -> bytes of a base64-uploaded video
     GET  /sim/media/<name>                             -> input image (url mode, early shape)
     POST /sim/faults    {"task": [503, "reset"], "webhook": {"<id>"|"*": [500]}, "webhook_delay": s,
-                         "task_delay": s, "clear": bool}  -> the pending faults (GET shows them too)
+                         "task_delay": s, "media_delay": s, "clear": bool}
+                                                       -> the pending faults (GET shows them too)
     GET  /sim/summary                                  -> {"in_queue": n, "processing": n, ...}
-    GET  /sim/stats                                    -> {"task_calls": {"200": n, ...}, "webhook_calls": n}
+    GET  /sim/stats                                    -> {"task_calls": {"200": n, ...}, "webhook_calls": n,
+                                                           "media_calls": n}
     POST /sim/reset                                    -> forget videos, webhooks, uploads, faults
 """
 from __future__ import annotations
@@ -112,6 +114,7 @@ class GmAnimatoApp:
         self.faults = Faults()
         self.claim_lock = asyncio.Lock()
         self.task_calls: dict[str, int] = {}
+        self.media_calls = 0
 
     def routes(self) -> list[web.RouteDef]:
         """Product routes, control routes (``/sim/…``), then the 303 catch-all."""
@@ -294,6 +297,9 @@ class GmAnimatoApp:
     async def get_media(self, request: web.Request) -> web.Response:
         """Input images for ``url`` mode (404 for a job created with ``claim_error: image_fetch``)."""
         name = request.match_info["name"]
+        self.media_calls += 1
+        if self.faults.media_delay:
+            await asyncio.sleep(self.faults.media_delay)
         for video in self.store.videos.values():
             if name in video["sim"]["images"] and video["sim"].get("claim_error") != "image_fetch":
                 return web.Response(body=image_bytes(video, name), content_type="image/png")
@@ -313,13 +319,15 @@ class GmAnimatoApp:
         return sim_json(self.store.summary())
 
     async def stats(self, request: web.Request) -> web.Response:
-        return sim_json({"task_calls": self.task_calls, "webhook_calls": len(self.store.webhooks)})
+        return sim_json({"task_calls": self.task_calls, "webhook_calls": len(self.store.webhooks),
+                         "media_calls": self.media_calls})
 
     async def reset(self, request: web.Request) -> web.Response:
         """Drop every video, webhook, upload, fault and call count."""
         self.store.reset()
         self.faults = Faults()
         self.task_calls.clear()
+        self.media_calls = 0
         return sim_json({"reset": True})
 
     async def login_page(self, request: web.Request) -> web.Response:
