@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sqlite3
+import sys
 import time
 
 import psutil
 import pytest
 
-from tests.conftest import wait_until
+from tests.conftest import free_port, wait_until, write_config
+from tests.stack import base_config, comfy_sim_command
 from tests.supervised import alive, pids, sampler, start_supervisor
 
 
@@ -243,3 +246,54 @@ def test_a_second_supervisor_on_the_same_folders_exits_2_and_touches_nothing(own
     assert sorted(c.pid for c in psutil.Process(first.pid).children(recursive=True)) == children
     r.check_promise({vid: "completed"})
     stop(first)
+
+
+# ---- the journal across restarts -------------------------------------------------------------------
+@pytest.mark.timeout(150)
+def test_jobs_of_a_gpu_taken_out_of_the_box_are_taken_over(own_gma, rig):
+    r = rig(own_gma, gpus="2")
+    first = r.start(slots=2)
+    vids = [long_job(own_gma, 40) for _ in range(2)]
+    wait_until(lambda: all(r.in_sampler(v) for v in vids), 60, 0.05, "both jobs running")
+    assert {r.row(v)["slot"] for v in vids} == {"gpu0", "gpu1"}
+    kill_supervisor(first)
+    r.gpus = "1"                                       # the box comes back with one GPU
+    second = r.start(slots=1)
+    r.check_promise({v: "completed" for v in vids})
+    assert {r.row(v)["slot"] for v in vids} == {"gpu0"}
+    assert "Journal: 1 open job(s) of gpu1, a slot this box no longer has, move to gpu0" in second.output()
+    stop(second)
+
+
+@pytest.mark.timeout(90)
+def test_a_journal_from_a_newer_version_stops_the_supervisor_with_exit_2(own_gma, rig):
+    r = rig(own_gma)
+    state = r.tmp_path / "slots" / "state"
+    state.mkdir(parents=True)
+    with sqlite3.connect(state / "journal.sqlite3") as db:
+        db.execute("PRAGMA user_version=99")
+    sup = start_supervisor(r.processes, r.tmp_path, r.tree, r.gpus, name="newer")
+    assert sup.wait(30) == 2
+    assert "has journal schema version 99, newer than this program's 1" in sup.output()
+    assert "started ComfyUI" not in sup.output()      # nothing was started
+
+
+@pytest.mark.timeout(120)
+def test_local_worker_killed_mid_job_recovers_it_at_its_next_start(own_gma, processes, tmp_path):
+    port = free_port()
+    processes.start("comfyui", comfy_sim_command("--port", str(port), "--cpu"))
+    tree = base_config(own_gma.url, tmp_path, comfy={"mode": "attach", "attach": [f"127.0.0.1:{port}"]})
+    config = write_config(tmp_path / "local.yaml", tree)
+    first = processes.start("local1", [sys.executable, "local_worker.py", "--config", str(config)])
+    vid = long_job(own_gma, 30)
+    wait_until(lambda: any(h["body"].get("progress", {}).get("current_node") == "44"
+                           for h in own_gma.webhooks(vid)), 60, 0.05, "the sampler running")
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait(10)
+    second = processes.start("local2", [sys.executable, "local_worker.py", "--config", str(config)])
+    rows = own_gma.wait_final([vid], timeout=60)
+    assert rows[vid]["status"] == "completed"
+    assert f"Job local-{vid}: found open in the journal (phase prompt_queued, 1 start(s)): following prompt" \
+        in second.output()
+    second.signal(signal.SIGTERM)
+    assert second.wait(30) == 0

@@ -112,3 +112,23 @@ def test_bad_env_values_name_the_key():
         load_config(None, env={"COMFY_HOST": "127.0.0.1:99999"})
     with pytest.raises(ConfigError, match="api.poll_interval: must be a finite number"):
         load_config(None, env={"WORKER_POLL_INTERVAL": "nan"})
+
+
+def test_state_dir_defaults_under_work_dir_and_state_directory_wins(tmp_path):
+    path = write(tmp_path, f"comfy: {{work_dir: {tmp_path / 'slots'}}}\nstate_dir: {tmp_path / 'file'}\n")
+    assert load_config(None, env={}).state_path == (Path("comfy-slots") / "state").resolve()
+    assert load_config(path, env={}).state_path == tmp_path / "file"
+    env = {"STATE_DIRECTORY": f"{tmp_path / 'unit'}:{tmp_path / 'other'}"}
+    assert load_config(path, env=env).state_path == tmp_path / "unit"
+
+
+@pytest.mark.parametrize("text,message", [
+    ("jobs: {resume: later}", "jobs.resume: must be one of retry, fail, got 'later'"),
+    ("jobs: {max_attempts: 0}", "jobs.max_attempts: must be > 0, got 0"),
+    ("webhook: {expiry: -1}", "webhook.expiry: must be > 0, got -1"),
+    ("storage: {retry_for: -5}", "storage.retry_for: must be >= 0, got -5"),
+])
+def test_journal_and_recovery_keys_are_checked(tmp_path, text, message):
+    with pytest.raises(ConfigError) as info:
+        load_config(write(tmp_path, text), env={})
+    assert str(info.value) == message

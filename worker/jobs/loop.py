@@ -183,8 +183,9 @@ class Worker:
         return False
 
     def await_comfy(self) -> bool:
-        """Wait until ComfyUI may take work; False when draining first."""
-        while not self.draining.is_set():
+        """Wait until ComfyUI may take work; False when draining first, or when the supervisor says it
+        will not bring ComfyUI back (FATAL: ``comfy_exit`` says why)."""
+        while not self.draining.is_set() and not (self.supervised and self.comfy_gone):
             if self.ensure_comfy():
                 return True
         return False

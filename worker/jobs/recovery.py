@@ -117,7 +117,9 @@ def recover_job(worker: "Worker", record: JobRecord) -> None:
     if job is None:                  # the task itself is unusable: it was reported
         return
     if needs_comfy(record) and not worker.await_comfy():
-        return                       # draining
+        if not worker.draining.is_set():         # this slot's ComfyUI is FATAL: say why, now
+            JobRun(worker, record, job).report_failure(worker.comfy_exit or "ComfyUI of this slot is gone")
+        return                                   # draining: it stays open for the next start
     known = record.phase == Phase.PROMPT_QUEUED and bool(record.prompt_id) and worker.prompt_known(record)
     plan = plan_recovery(record, worker.clock(), worker.config.jobs, known)
     log.warning("Job %s: found open in the journal (phase %s, %d start(s)): %s", record.label,

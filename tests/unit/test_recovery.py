@@ -1,0 +1,74 @@
+"""Recovery decisions (pure): what becomes of a job a dead process left open, and who takes it."""
+from __future__ import annotations
+
+import dataclasses
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from worker.config import JobsConfig
+from worker.jobs.recovery import (FAIL, FOLLOW, RERUN, SEND_FINAL, may_run_again, needs_comfy, orphan_moves,
+                                  plan_recovery)
+from worker.journal.phases import Phase
+from worker.journal.store import JobRecord
+
+JOBS = JobsConfig()          # retry, 2 starts, 1500 s
+
+
+def record(phase: Phase, attempts: int = 1, claimed_at: float = 1000.0, files=None, last_error=None) -> JobRecord:
+    return JobRecord(seq=1, job_id="local-v", video_id="v", slot="gpu0", phase=phase, task="{}",
+                     callback_url="http://gm/cb", fallback_url="http://gm/cb", attempts=attempts,
+                     prompt_id="local-v-p" if phase == Phase.PROMPT_QUEUED else None, client_id="c",
+                     comfy_url="http://127.0.0.1:8188", files=files, final_body=None, sends=0, next_send_at=None,
+                     last_http=None, last_error=last_error, claimed_at=claimed_at, queued_at=None,
+                     updated_at=claimed_at, closed_at=None)
+
+
+def test_stored_outputs_are_sent_never_run_again():
+    plan = plan_recovery(record(Phase.OUTPUTS_STORED, 2, files=[{"filename": "a.mp4"}]), 99999.0, JOBS, False)
+    assert plan.action == SEND_FINAL
+    assert not needs_comfy(record(Phase.OUTPUTS_STORED, files=[{"filename": "a.mp4"}]))
+
+
+def test_a_prompt_comfyui_still_knows_is_followed_whatever_the_limits():
+    late = record(Phase.PROMPT_QUEUED, attempts=2, claimed_at=0.0)
+    assert plan_recovery(late, 99999.0, dataclasses.replace(JOBS, resume="fail"), True).action == FOLLOW
+
+
+def test_otherwise_it_runs_again_within_the_limits():
+    assert plan_recovery(record(Phase.PROMPT_QUEUED), 1100.0, JOBS, False).action == RERUN
+    assert plan_recovery(record(Phase.INPUTS_UPLOADED), 1100.0, JOBS, False).action == RERUN
+    assert plan_recovery(record(Phase.CLAIMED, attempts=0), 1100.0, JOBS, False).action == RERUN
+    assert needs_comfy(record(Phase.CLAIMED))
+
+
+def test_the_limits_fail_it_with_a_reason():
+    too_old = plan_recovery(record(Phase.CLAIMED), 1000.0 + 1501, JOBS, False)
+    assert too_old.action == FAIL and "longer than jobs.resume_max_age (1500 s)" in too_old.reason
+    used_up = plan_recovery(record(Phase.PROMPT_QUEUED, attempts=2, last_error="ComfyUI went away"), 1100.0,
+                            JOBS, False)
+    assert used_up.action == FAIL and "already started 2 time(s) (jobs.max_attempts = 2)" in used_up.reason
+    assert "after: ComfyUI went away" in used_up.reason
+    no_resume = plan_recovery(record(Phase.CLAIMED), 1100.0, dataclasses.replace(JOBS, resume="fail"), False)
+    assert no_resume.action == FAIL and "jobs.resume: fail" in no_resume.reason
+
+
+def test_may_run_again_counts_starts():
+    assert may_run_again(1, JOBS) is None
+    assert may_run_again(2, JOBS) == "start 2 of 2, jobs.max_attempts"
+
+
+def test_orphans_go_to_the_least_loaded_live_slot():
+    assert orphan_moves({"gpu3": 2, "gpu0": 1}, ["gpu0", "gpu1"]) == {"gpu3": "gpu1"}
+    assert orphan_moves({"gpu2": 1, "gpu3": 1}, ["gpu0"]) == {"gpu2": "gpu0", "gpu3": "gpu0"}
+    assert orphan_moves({"gpu0": 4}, ["gpu0"]) == {}
+    assert orphan_moves({"gpu1": 1}, []) == {}
+
+
+@given(st.dictionaries(st.sampled_from([f"gpu{i}" for i in range(8)] + ["cpu", "local"]),
+                       st.integers(1, 50)),
+       st.lists(st.sampled_from([f"gpu{i}" for i in range(8)]), min_size=1, unique=True))
+def test_orphan_moves_take_every_dead_slot_to_a_live_one(open_by_slot, live):
+    moves = orphan_moves(open_by_slot, live)
+    assert set(moves) == {s for s in open_by_slot if s not in live}
+    assert set(moves.values()) <= set(live)
