@@ -90,7 +90,7 @@ def test_a_claim_written_just_before_a_kill_survives(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, timeout=60)
     assert proc.returncode == -signal.SIGKILL
     journal = Journal.open(state)
-    assert [json.loads(r.task)["id"] for r in journal.interrupted_jobs("gpu0")] == ["local-k"]
+    assert [json.loads(journal.task(r.seq))["id"] for r in journal.interrupted_jobs("gpu0")] == ["local-k"]
     journal.close()
 
 
@@ -168,3 +168,12 @@ def test_the_write_hook_sees_each_recorded_step(tmp_path):
     assert [p for p, _ in seen] == ["claimed", "attempt", "inputs_uploaded", "prompt_queued", "outputs_stored",
                                     "final_queued", "delivered"]
     assert os.path.exists(tmp_path / "s" / FILE_NAME)
+
+
+def test_the_claim_answer_is_kept_while_the_job_is_open_and_dropped_when_it_closes(journal):
+    seq = journal.record_claim("gpu0", TASK, 1.0).seq
+    assert journal.task(seq) == TASK
+    journal.queue_final(seq, {"id": "local-v1", "status": "failed"}, 2.0)
+    assert journal.task(seq) == TASK
+    journal.close_job(seq, Phase.DELIVERED, 3.0)
+    assert journal.task(seq) is None and journal.get(seq).phase == Phase.DELIVERED

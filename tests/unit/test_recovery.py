@@ -16,7 +16,7 @@ JOBS = JobsConfig()          # retry, 2 starts, 1500 s
 
 
 def record(phase: Phase, attempts: int = 1, claimed_at: float = 1000.0, files=None, last_error=None) -> JobRecord:
-    return JobRecord(seq=1, job_id="local-v", video_id="v", slot="gpu0", phase=phase, task="{}",
+    return JobRecord(seq=1, job_id="local-v", video_id="v", slot="gpu0", phase=phase,
                      callback_url="http://gm/cb", fallback_url="http://gm/cb", attempts=attempts,
                      prompt_id="local-v-p" if phase == Phase.PROMPT_QUEUED else None, client_id="c",
                      comfy_url="http://127.0.0.1:8188", files=files, final_body=None, sends=0, next_send_at=None,

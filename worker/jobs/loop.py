@@ -237,7 +237,7 @@ class Worker:
 
     def read_recorded_task(self, record: JobRecord) -> Job | None:
         try:
-            task = task_of(record)
+            task = task_of(self.journal, record)
         except ValueError as exc:
             task = None
             log.error("Job %s: its recorded task cannot be read back (%s)", record.label, exc)

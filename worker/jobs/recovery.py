@@ -135,6 +135,6 @@ def recover_job(worker: "Worker", record: JobRecord) -> None:
         run.run(resume=plan.action == FOLLOW)
 
 
-def task_of(record: JobRecord) -> object:
-    """The recorded claim answer, decoded (a row written by :meth:`Journal.record_claim`)."""
-    return json.loads(record.task)
+def task_of(journal: Journal, record: JobRecord) -> object:
+    """The recorded claim answer, decoded (written by :meth:`Journal.record_claim`); raises ValueError."""
+    return json.loads(journal.task(record.seq) or "null")

@@ -3,7 +3,8 @@
 One SQLite database (``<state_dir>/journal.sqlite3``, WAL mode, ``synchronous=FULL``) shared by the
 workers of one supervisor; each row is a job and is written only by the worker of its slot. Every
 method is one transaction, committed (and so on disk) before it returns: the caller acts on a step only
-after the step is recorded. ``PRAGMA user_version`` carries the schema version: an older journal is
+after the step is recorded. The claim answer (megabytes, with a base64 image) sits in a table of its own,
+written once and deleted when the job closes, so each later step rewrites a small row only. ``PRAGMA user_version`` carries the schema version: an older journal is
 migrated in place, open rows kept; a newer one (or a file that is not a journal) is refused with
 :class:`JournalError`, never dropped.
 """
@@ -33,7 +34,6 @@ CREATE TABLE jobs (
     video_id     TEXT,
     slot         TEXT NOT NULL,     -- the slot whose worker owns the row
     phase        TEXT NOT NULL,
-    task         TEXT NOT NULL,     -- the claim answer, as received
     callback_url TEXT,
     fallback_url TEXT,
     attempts     INTEGER NOT NULL DEFAULT 0,   -- starts of the job
@@ -51,6 +51,7 @@ CREATE TABLE jobs (
     updated_at   REAL NOT NULL,
     closed_at    REAL
 )""",
+              "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, task TEXT NOT NULL)",   # claim answers of open jobs
               "CREATE INDEX jobs_by_slot ON jobs (slot, phase)",
               "CREATE INDEX jobs_by_close ON jobs (closed_at)")
 
@@ -72,7 +73,6 @@ class JobRecord:
     video_id: str | None
     slot: str
     phase: Phase
-    task: str
     callback_url: str | None
     fallback_url: str | None
     attempts: int
@@ -133,8 +133,9 @@ class Journal:
     def record_claim(self, slot: str, task: str, now: float) -> JobRecord:
         """A claim answer, before anything is done with it."""
         with self._tx() as db:
-            cur = db.execute("INSERT INTO jobs (slot, phase, task, claimed_at, updated_at) VALUES (?,?,?,?,?)",
-                             (slot, Phase.CLAIMED.value, task, now, now))
+            cur = db.execute("INSERT INTO jobs (slot, phase, claimed_at, updated_at) VALUES (?,?,?,?)",
+                             (slot, Phase.CLAIMED.value, now, now))
+            db.execute("INSERT INTO tasks (seq, task) VALUES (?,?)", (cur.lastrowid, task))
             record = self._get(db, cur.lastrowid)
         return self._wrote("claimed", record)
 
@@ -186,11 +187,13 @@ class Journal:
 
     def close_job(self, seq: int, phase: Phase, now: float, sends: int = 0, last_http: int | None = None,
                   error: str | None = None) -> JobRecord:
-        """Delivered, refused, expired or unreportable: the job leaves the journal's open set."""
+        """Delivered, refused, expired or unreportable: the job leaves the journal's open set (and its
+        claim answer, no longer needed, is deleted)."""
         if phase not in CLOSED:
             raise ValueError(f"{phase} is not a closed phase")
         with self._tx() as db:
             self._move(db, seq, phase)
+            db.execute("DELETE FROM tasks WHERE seq=?", (seq,))
             db.execute("UPDATE jobs SET phase=?, sends=sends+?, last_http=COALESCE(?, last_http), "
                        "last_error=COALESCE(?, last_error), next_send_at=NULL, closed_at=?, updated_at=? "
                        "WHERE seq=?", (phase.value, sends, last_http, error, now, now, seq))
@@ -225,6 +228,12 @@ class Journal:
     def get(self, seq: int) -> JobRecord:
         with self._lock:
             return self._get(self._db, seq)
+
+    def task(self, seq: int) -> str | None:
+        """The claim answer of an open job, as received (None once the job is closed)."""
+        with self._lock:
+            row = self._db.execute("SELECT task FROM tasks WHERE seq=?", (seq,)).fetchone()
+        return row["task"] if row else None
 
     def interrupted_jobs(self, slot: str) -> list[JobRecord]:
         """Jobs of ``slot`` whose final webhook is not written yet, oldest first: at a worker's start,
