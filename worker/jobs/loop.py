@@ -15,6 +15,7 @@ import logging
 import os
 import queue
 import signal
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -38,7 +39,7 @@ from worker.jobs.lifecycle import JobRun
 from worker.jobs.outbox import Outbox
 from worker.jobs.recovery import recover_slot, task_of
 from worker.jobs.task import JOB_PREFIX, Job, TaskError, callback_for, parse_task
-from worker.jobs.webhooks import JobWebhooks
+from worker.jobs.webhooks import CallbackTarget, JobWebhooks, failed_payload, send_final
 from worker.journal.phases import Phase
 from worker.journal.store import JobRecord, Journal, JournalError
 from worker.reports import Command, Down, Report, Up
@@ -228,12 +229,31 @@ class Worker:
     # ---- one job ---------------------------------------------------------------------------------
     def process(self, task: Any) -> None:
         """A claimed task: on disk first, then read and run."""
-        record = self.journal.record_claim(self.slot.name, task_text(task), self.clock())
+        try:
+            record = self.journal.record_claim(self.slot.name, task_text(task), self.clock())
+        except sqlite3.Error as exc:
+            self.report_unjournaled(task, exc)
+            raise                        # the worker exits; its restart finds the journal again, or goes FATAL
         job = self.read_task(record, task)
         if job is None:
             return
         log.info("Received task: %s", job.job_id)
         JobRun(self, record, job).run()
+
+    def report_unjournaled(self, task: Any, exc: Exception) -> None:
+        """The journal cannot take a claim (disk full, unwritable): tell GmAnimato the job failed (one
+        try, nothing on disk to retry from), rather than leave it processing."""
+        log.error("The journal %s cannot record a claimed task (%s)", self.journal.path, exc)
+        try:
+            job = parse_task(task, self.config.api.url, self.config.api.callback)
+            ids = (job.job_id, job.callback_url)
+        except Exception:
+            error = salvage_task_error(task, self.config.api.url, exc)
+            ids = (error.job_id, error.callback_url)
+        if ids[0] and ids[1]:
+            send_final(self.api, CallbackTarget(ids[1], label=ids[0]),
+                       failed_payload(ids[0], f"the worker cannot write its journal ({exc})"), 1,
+                       self.config.webhook.retry_delay, self.config.webhook.timeout)
 
     def read_recorded_task(self, record: JobRecord) -> Job | None:
         try:
