@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import signal
 import sqlite3
 import sys
@@ -20,8 +21,13 @@ from tests.stack import base_config, comfy_sim_command
 from tests.supervised import alive, pids, sampler, start_supervisor
 
 
-def long_job(gma, steps: int = 30, **spec) -> str:
-    return gma.add_job(template="i2v", patch=sampler(steps, 0.1), **spec)
+def long_job(gma, steps: int = 30, final_faults: list | None = None, **spec) -> str:
+    """Queue a job whose sampler takes ``steps`` x 0.1 s; ``final_faults`` script its final webhook's
+    answers before it can be claimed."""
+    vid = f"fault{secrets.token_hex(8)}"
+    if final_faults:
+        gma.faults(webhook={f"{vid}:final": final_faults})
+    return gma.add_job(template="i2v", patch=sampler(steps, 0.1), video_id=vid, **spec)
 
 
 def worker_pid(sup, slot: str = "gpu0") -> int:
@@ -102,8 +108,7 @@ def test_worker_killed_after_outputs_are_stored_sends_the_stored_result(own_gma,
 def test_worker_killed_during_the_webhook_retries_delivers_after_the_restart(own_gma, rig):
     r = rig(own_gma, webhook={"retry_delay": 0.5})
     sup = r.start()
-    vid = long_job(own_gma, 5)
-    own_gma.faults(webhook={f"{vid}:final": [500] * 4})
+    vid = long_job(own_gma, 5, final_faults=[500] * 4)
 
     def final_attempts() -> int:
         return len([h for h in own_gma.webhooks(vid) if h["body"].get("status") in ("completed", "failed")])
@@ -137,8 +142,7 @@ def test_supervisor_killed_mid_job_reruns_the_job_after_its_restart(own_gma, rig
 def test_supervisor_killed_while_the_final_webhook_waits_in_the_outbox_delivers_it_once(own_gma, rig):
     r = rig(own_gma)
     first = r.start()
-    vid = long_job(own_gma, 5)
-    own_gma.faults(webhook={f"{vid}:final": [503] * 6})     # 4 inline attempts, then the outbox
+    vid = long_job(own_gma, 5, final_faults=[503] * 6)     # 4 inline attempts, then the outbox
     wait_until(lambda: r.row(vid).get("next_send_at") is not None, 60, 0.02, "the final webhook in the outbox")
     kill_supervisor(first)
     assert own_gma.videos()[vid]["status"] == "processing"
@@ -190,8 +194,7 @@ def test_gmanimato_down_while_results_are_ready_every_webhook_arrives_after(own_
 @pytest.mark.timeout(120)
 def test_webhook_answered_500_five_times_then_201_and_403_recorded(own_gma, rig):
     r = rig(own_gma)
-    flaky, refused = long_job(own_gma, 3), long_job(own_gma, 3)
-    own_gma.faults(webhook={f"{flaky}:final": [500] * 5, f"{refused}:final": [403]})
+    flaky, refused = long_job(own_gma, 3, final_faults=[500] * 5), long_job(own_gma, 3, final_faults=[403])
     sup = r.start()
     r.check_promise({flaky: "completed", refused: "refused"})
     assert [h["status"] for h in own_gma.webhooks(flaky) if h["body"]["status"] == "completed"] == [500] * 5 + [201]

@@ -154,7 +154,7 @@ class Worker:
             if not self.ensure_comfy():
                 continue
             self.poll_once()
-        waiting = self.outbox.stop()
+        waiting = self.outbox.stop(self.fast_stop_timeout() or self.config.webhook.timeout + 1)
         if waiting:
             log.warning("%d final webhook(s) not delivered yet stay in the outbox (%s); the next start sends "
                         "them", waiting, self.journal.path)

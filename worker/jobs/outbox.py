@@ -127,8 +127,8 @@ class Outbox:
         return max(waiting, pending)
 
     def stop(self, timeout: float = 1.0) -> int:
-        """Stop the background thread (an attempt in flight is abandoned: the row stays on disk); returns
-        how many final webhooks are still waiting."""
+        """Stop the background thread, letting an attempt in flight end (up to ``timeout``; past it the
+        attempt is abandoned and the row stays on disk); returns how many final webhooks still wait."""
         self._stopped.set()
         self._wake.set()
         if self._thread is not None:
