@@ -57,7 +57,8 @@ class ExecutionDeps:
     session: requests.Session
     on_progress: ProgressCallback = lambda snapshot, changed: None
     on_step: StepCallback = lambda step, data: None
-    abort: AbortCheck = lambda: None
+    abort: AbortCheck = lambda: None              # stop at once: ComfyUI went away, or a stop
+    stop_requested: AbortCheck = lambda: None     # a stop only (storing fetched outputs needs no ComfyUI)
     job_timeout: float = 1500.0
     storage_retry_for: float = 120.0
     client_id: str = field(default_factory=lambda: f"gmanimato-worker-{uuid.uuid4().hex[:12]}")
@@ -231,6 +232,6 @@ def store_outputs(refs: list[out.OutputRef], request: ExecutionRequest, deps: Ex
         stop_if_aborted(deps, f"before storing {ref.filename}")
         data = deps.comfy.fetch_output(ref.filename, ref.subfolder, ref.type)
         files.append(store_with_retry(deps.store, request.key_prefix, ref.delivery_name, data,
-                                      deps.storage_retry_for, deps.abort))
+                                      deps.storage_retry_for, deps.stop_requested))
         log.debug("%s: stored %s (%d bytes)", request.label, ref.delivery_name, len(data))
     return files

@@ -3,7 +3,8 @@
 Up (worker -> supervisor, on the worker's own report queue): ``ready``, ``heartbeat``,
 ``job_started``, ``job_progress``, ``job_finished``, ``comfy_unhealthy``, ``fatal``.
 Down (supervisor -> worker, on its command queue): ``comfy_ready``, ``comfy_exited`` (with the exit
-code or signal, so a failed job can say why), ``drain``, ``stop``.
+code or signal, so a failed job can say why; ``final``: it will not be restarted, ``fatal``: its slot is
+FATAL), ``recover`` (jobs were moved to this slot in the journal: take them up), ``drain``, ``stop``.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class Up(str, Enum):
 class Down(str, Enum):
     COMFY_READY = "comfy_ready"
     COMFY_EXITED = "comfy_exited"
+    RECOVER = "recover"
     DRAIN = "drain"
     STOP = "stop"
 

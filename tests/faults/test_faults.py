@@ -300,3 +300,39 @@ def test_local_worker_killed_mid_job_recovers_it_at_its_next_start(own_gma, proc
         in second.output()
     second.signal(signal.SIGTERM)
     assert second.wait(30) == 0
+
+
+@pytest.mark.timeout(150)
+def test_comfyui_dying_during_a_drain_leaves_the_job_for_the_next_start(own_gma, rig):
+    r = rig(own_gma)
+    first = r.start()
+    vid = long_job(own_gma, 40)
+    wait_until(lambda: r.in_sampler(vid), 30, 0.05, "the sampler running")
+    first.signal(signal.SIGTERM)
+    wait_until(lambda: "Draining" in first.output(), 10, 0.05, "the drain")
+    os.kill(pids(first.output(), "ComfyUI")["gpu0"][-1], signal.SIGKILL)
+    assert first.wait(60) == 0
+    assert f"Job local-{vid} stays open in the journal: ComfyUI went away during the drain" in first.output()
+    assert own_gma.videos()[vid]["status"] == "processing" and r.row(vid)["phase"] == "prompt_queued"
+    second = r.start()
+    r.check_promise({vid: "completed"})
+    assert r.row(vid)["attempts"] == 2
+    stop(second)
+
+
+@pytest.mark.timeout(150)
+def test_a_job_recovered_on_a_slot_that_turns_fatal_is_reported_with_the_reason(own_gma, rig):
+    from tests.supervised import fake_uuids
+
+    r = rig(own_gma, supervisor={"backoff_start": 0.1, "max_restarts": 1})
+    first = r.start()
+    vid = long_job(own_gma, 40)
+    wait_until(lambda: r.in_sampler(vid), 30, 0.05, "the sampler running")
+    kill_supervisor(first)
+    r.tree["comfy"]["command"] = r.tree["comfy"]["command"] + ["--fail-on-gpu", fake_uuids("1")[0]]
+    r.starts += 1
+    second = start_supervisor(r.processes, r.tmp_path, r.tree, r.gpus, name="second")
+    assert second.wait(60) == 1                    # every slot FATAL (not a configuration fault)
+    r.check_promise({vid: "failed"})
+    error = [h["body"] for h in own_gma.webhooks(vid) if h["status"] == 201][-1]["error"]
+    assert error.startswith("ComfyUI of GPU 0 is FATAL: 2 crashes within"), error

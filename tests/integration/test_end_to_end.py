@@ -106,7 +106,8 @@ def test_local_worker_runs_five_jobs_with_base64_and_derived_callbacks(gmanimato
     comfy = processes.start("comfyui", comfy_sim_command("--port", str(comfy_port), "--cpu"))
     ids = queue_scenario(gmanimato)
     env = {"GMANIMATO_API_URL": gmanimato.url, "WORKER_TASK_SECRET": SECRET,
-           "COMFY_HOST": f"127.0.0.1:{comfy_port}", "WORKER_SENTINEL_FILE": str(tmp_path / ".stop")}
+           "COMFY_HOST": f"127.0.0.1:{comfy_port}", "WORKER_SENTINEL_FILE": str(tmp_path / ".stop"),
+           "STATE_DIRECTORY": str(tmp_path / "state")}
     worker = processes.start("local_worker", [sys.executable, "local_worker.py", "--poll-interval", "0.2",
                                               "--max-retries", "3"], env=env)
 
@@ -136,7 +137,7 @@ def test_every_task_shape_and_image_mode(gmanimato, processes, tmp_path):
         "url": gmanimato.add_job(template="fl2v", image_mode="url"),
     }
     env = {"GMANIMATO_API_URL": gmanimato.url, "WORKER_TASK_SECRET": SECRET,
-           "COMFY_HOST": f"127.0.0.1:{comfy_port}"}
+           "COMFY_HOST": f"127.0.0.1:{comfy_port}", "STATE_DIRECTORY": str(tmp_path / "state")}
     worker = processes.start("local_worker", [sys.executable, "local_worker.py", "--poll-interval", "0.2"], env=env)
     rows = gmanimato.wait_final(list(ids.values()))
     bodies = {name: final_of(gmanimato.webhooks(vid)) for name, vid in ids.items()}

@@ -57,3 +57,13 @@ def test_unauthorized_retries_slowly_and_says_so_once():
                                              (500, RETRY), (502, RETRY), (429, RETRY), (408, RETRY)])
 def test_webhook_verdicts(status, verdict):
     assert webhook_verdict(status) == verdict
+
+
+@pytest.mark.parametrize("error, verdict", [
+    ("SyntaxError: Unexpected end of JSON input", PERMANENT),
+    ("TypeError: status.toLowerCase is not a function", PERMANENT),
+    ("PrismaClientKnownRequestError: connection pool timeout", RETRY),
+    ("", RETRY)])
+def test_a_500_that_the_body_caused_is_permanent(error, verdict):
+    assert webhook_verdict(500, error) == verdict
+    assert webhook_verdict(503, error) == RETRY

@@ -3,13 +3,15 @@
 ``claim`` returns the task JSON, or None when the queue is empty (404). 401 and redirects raise
 :class:`AuthError` (fix the configuration; retry slowly), 5xx and network errors raise
 :class:`ApiUnavailable` (back off). Redirects are never followed: a mistyped path answers 303 to
-``/login``. ``post_webhook`` returns the status code; :func:`webhook_verdict` (pure) says whether
-a status is delivered, permanent or worth retrying.
+``/login``. ``post_webhook`` returns a :class:`WebhookAnswer` (status and, for errors, GmAnimato's
+``error`` text); :func:`webhook_verdict` (pure) says whether an answer is delivered, permanent or worth
+retrying. Each thread gets its own HTTP session (requests' sessions are not thread-safe).
 """
 from __future__ import annotations
 
 import logging
-from typing import Any
+import threading
+from typing import Any, NamedTuple
 
 import requests
 
@@ -20,6 +22,14 @@ log = logging.getLogger(__name__)
 
 TASK_PATH = "/api/worker/task"
 DELIVERED, PERMANENT, RETRY = "delivered", "permanent", "retry"
+# A 500 whose error is one of these is the route failing on the body itself (contract §2): sending the
+# same body again fails the same way. Any other 500 (a database error) may pass.
+PERMANENT_500 = ("SyntaxError", "TypeError")
+
+
+class WebhookAnswer(NamedTuple):
+    status: int
+    error: str = ""          # GmAnimato's ``error`` field of a non-2xx answer, cut short
 
 
 class AuthError(ApiRefused):
@@ -43,7 +53,17 @@ class GmAnimatoClient:
         self.base_url = base_url.rstrip("/")
         self._secret = secret
         self.timeout = timeout
-        self.session = session or requests.Session()
+        self._shared = session
+        self._local = threading.local()
+
+    @property
+    def session(self) -> requests.Session:
+        """This thread's session (or the one given)."""
+        if self._shared is not None:
+            return self._shared
+        if not hasattr(self._local, "session"):
+            self._local.session = requests.Session()
+        return self._local.session
 
     def __repr__(self) -> str:
         return f"GmAnimatoClient({self.base_url!r})"
@@ -103,25 +123,43 @@ class GmAnimatoClient:
         raise ApiUnavailable(f"GmAnimato answered HTTP {response.status_code} to the task claim: "
                              f"{_body(response)}")
 
-    def post_webhook(self, url: str, body: dict[str, Any], timeout: float | None = None) -> int:
-        """POST one webhook; returns the HTTP status. Network errors raise :class:`ApiUnavailable`."""
+    def post_webhook(self, url: str, body: dict[str, Any], timeout: Any = None) -> WebhookAnswer:
+        """POST one webhook; returns its answer. Network errors raise :class:`ApiUnavailable`."""
         try:
             response = self.session.post(url, json=body, timeout=timeout or self.timeout,
                                          allow_redirects=False)
         except requests.RequestException as exc:
             raise ApiUnavailable(f"webhook to {url} failed ({describe_network_error(exc)})") from exc
-        if response.status_code >= 300:
-            log.debug("webhook %s answered %s: %s", url, response.status_code, _body(response))
-        return response.status_code
+        if response.status_code < 300:
+            return WebhookAnswer(response.status_code)
+        log.debug("webhook %s answered %s: %s", url, response.status_code, _body(response))
+        return WebhookAnswer(response.status_code, _error_of(response))
 
 
-def webhook_verdict(status: int) -> str:
-    """2xx delivered; 5xx, 408 and 429 worth retrying; any other answer is final (400/403/404/413...)."""
+def as_answer(answer: Any) -> WebhookAnswer:
+    """A bare status code (as simple test clients give) or a WebhookAnswer -> WebhookAnswer."""
+    return answer if isinstance(answer, WebhookAnswer) else WebhookAnswer(int(answer))
+
+
+def webhook_verdict(status: int, error: str = "") -> str:
+    """2xx delivered; 5xx, 408 and 429 worth retrying, except a 500 that says the body itself broke the
+    route (``SyntaxError``/``TypeError``); any other answer is final (400/403/404/413...)."""
     if 200 <= status < 300:
         return DELIVERED
+    if status == 500 and error.startswith(PERMANENT_500):
+        return PERMANENT
     if status >= 500 or status in (408, 429):
         return RETRY
     return PERMANENT
+
+
+def _error_of(response: requests.Response) -> str:
+    try:
+        doc = response.json()
+    except ValueError:
+        return response.text[:200]
+    error = doc.get("error") if isinstance(doc, dict) else None
+    return str(error)[:200] if error is not None else response.text[:200]
 
 
 def _body(response: requests.Response) -> str:

@@ -4,7 +4,8 @@
 it (inputs uploaded, prompt queued, outputs stored), counts its starts (``jobs.max_attempts``: a ComfyUI
 that went away under the job gets it again once it is back, while starts remain), and hands the final
 webhook to the outbox. It never raises for a fault of the job: every claimed job ends in a final body,
-``completed`` or ``failed`` with a reason a person can act on.
+``completed`` or ``failed`` with a reason a person can act on — or, when ComfyUI went away during a
+drain, stays open in the journal for the next start to run again.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING
 from handler.errors import ComfyUnavailable, WorkerError
 from handler.run import ExecutionDeps, ExecutionRequest, Result, resume_job, run_job
 from worker.jobs.api import DELIVERED
-from worker.jobs.recovery import may_run_again
+from worker.jobs.recovery import FAIL, LEAVE_OPEN, after_comfy_loss
 from worker.jobs.task import Job
 from worker.jobs.webhooks import Delivery, JobWebhooks, completed_payload, failed_payload
 from worker.journal.store import JobRecord
@@ -45,6 +46,9 @@ class JobRun:
         started = time.monotonic()
         self.begin()
         body = self.execute(resume)
+        if body is None:
+            self.leave_open()
+            return
         self.end(body, started)
 
     def report_stored_outputs(self) -> None:
@@ -63,6 +67,16 @@ class JobRun:
                       attempt=self.record.attempts)
         self.hooks = worker.webhooks_for(self.job.job_id, self.job.video_id, self.job.callback_url)
 
+    def leave_open(self) -> None:
+        """ComfyUI went away during a drain: the job stays in the journal; the next start runs it again."""
+        if self.hooks is not None:
+            self.hooks.stop_progress()
+        log.warning("Job %s stays open in the journal: ComfyUI went away during the drain; the next start "
+                    "runs it again", self.job.job_id)
+        self.worker.current_job = None
+        self.worker.report(Up.JOB_FINISHED, job_id=self.job.job_id, status="left_open", error=None,
+                           delivered=False, seconds=0.0)
+
     def end(self, body: dict, started: float) -> None:
         if body["status"] == "failed":
             self.worker.abandon_if_orphaned(self.job.job_id)
@@ -70,8 +84,8 @@ class JobRun:
         self.finish(body, delivery, time.monotonic() - started)
 
     # ---- execution, with restarts -----------------------------------------------------------------
-    def execute(self, resume: bool) -> dict:
-        """The final webhook body, completed or failed (never raises)."""
+    def execute(self, resume: bool) -> dict | None:
+        """The final webhook body, completed or failed; None: leave the job open (never raises)."""
         worker, job = self.worker, self.job
         while True:
             try:
@@ -79,12 +93,17 @@ class JobRun:
             except ComfyUnavailable as exc:
                 worker.comfy_lost()
                 worker.journal.note_error(self.seq, exc.message, worker.clock())
-                refusal = self.why_not_again(exc)
-                if refusal:
-                    return failed_payload(job.job_id, refusal, exc.details)
+                plan = self.after_loss()
+                if plan.action == FAIL:
+                    return failed_payload(job.job_id, f"{exc.message} ({plan.reason})" if plan.reason
+                                          else exc.message, exc.details)
+                if plan.action == LEAVE_OPEN:
+                    return None
                 log.warning("Job %s: %s; waiting for ComfyUI to try again (start %d of %d)", job.job_id,
                             exc.message, self.record.attempts + 1, worker.config.jobs.max_attempts)
                 if not worker.wait_for_comfy(worker.config.comfy.startup_timeout):
+                    if self.after_loss().action == LEAVE_OPEN:
+                        return None
                     return failed_payload(job.job_id, worker.comfy_exit or exc.message)
                 log.info("Job %s: ComfyUI is back; trying again", job.job_id)
                 resume = False
@@ -97,13 +116,11 @@ class JobRun:
             self.record = worker.journal.outputs_stored(self.seq, result.files, worker.clock())
             return completed_payload(job.job_id, result.files)
 
-    def why_not_again(self, exc: ComfyUnavailable) -> str | None:
-        """Why a start that ComfyUI's loss ended is not followed by another (None: it is)."""
+    def after_loss(self):
         worker = self.worker
-        if worker.stopping.is_set() or (worker.supervised and worker.comfy_gone):
-            return exc.message
-        limit = may_run_again(self.record.attempts, worker.config.jobs)
-        return f"{exc.message} ({limit})" if limit else None
+        return after_comfy_loss(self.record.attempts, self.record.claimed_at, worker.clock(), worker.config.jobs,
+                                stopping=worker.stopping.is_set(), fatal=worker.comfy_fatal,
+                                draining=worker.draining.is_set())
 
     def execute_once(self) -> Result:
         worker, job = self.worker, self.job
@@ -124,8 +141,8 @@ class JobRun:
         worker = self.worker
         return ExecutionDeps(comfy=worker.comfy, store=worker.store, session=worker.session,
                              on_progress=self.on_progress, on_step=self.on_step, abort=worker.abort_reason,
-                             job_timeout=worker.config.comfy.job_timeout, client_id=client_id,
-                             storage_retry_for=worker.config.storage.retry_for)
+                             stop_requested=worker.stop_reason, job_timeout=worker.config.comfy.job_timeout,
+                             client_id=client_id, storage_retry_for=worker.config.storage.retry_for)
 
     def on_progress(self, snapshot: dict, node_changed: bool) -> None:
         if self.hooks is not None and self.hooks.progress(snapshot, node_changed):

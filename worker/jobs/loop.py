@@ -87,6 +87,8 @@ class Worker:
         self.jobs_done = 0
         self.sentinel = "" if supervised else config.supervisor.sentinel_file
         self.comfy_gone = False                  # the supervisor will not bring ComfyUI back
+        self.comfy_fatal = False                 # ... because the slot is FATAL
+        self.recover_requested = threading.Event()   # jobs were moved to this slot in the journal
         self._said_comfy_down = False
 
     def _journal_written(self, point: str, record: JobRecord) -> None:
@@ -100,13 +102,16 @@ class Worker:
                 log.info("ComfyUI of %s is now at %s", self.slot.label, url)
                 self.comfy = ComfyClient(url, self.config.comfy.timeout)
             self.comfy_exit = None
-            self.comfy_gone = False
+            self.comfy_gone = self.comfy_fatal = False
             self.comfy_ready.set()
         elif command.kind == Down.COMFY_EXITED:
             self.comfy_ready.clear()
             self.comfy_gone = bool(command.data.get("final"))
+            self.comfy_fatal = bool(command.data.get("fatal"))
             self.comfy_exit = command.data.get("reason") or \
                 f"ComfyUI on {self.slot.label} exited with {describe_status(command.data.get('code'))}"
+        elif command.kind == Down.RECOVER:
+            self.recover_requested.set()
         elif command.kind == Down.DRAIN:
             self.draining.set()
         elif command.kind == Down.STOP:
@@ -151,6 +156,10 @@ class Worker:
                 log.info("Found %s: finishing up and stopping", self.sentinel)
                 self.request_drain()
                 break
+            if self.recover_requested.is_set():
+                self.recover_requested.clear()
+                recover_slot(self)
+                continue
             if not self.ensure_comfy():
                 continue
             self.poll_once()
@@ -184,9 +193,9 @@ class Worker:
         return False
 
     def await_comfy(self) -> bool:
-        """Wait until ComfyUI may take work; False when draining first, or when the supervisor says it
-        will not bring ComfyUI back (FATAL: ``comfy_exit`` says why)."""
-        while not self.draining.is_set() and not (self.supervised and self.comfy_gone):
+        """Wait until ComfyUI may take work; False when draining first, or when its slot is FATAL
+        (``comfy_exit`` says why)."""
+        while not self.draining.is_set() and not self.comfy_fatal:
             if self.ensure_comfy():
                 return True
         return False
@@ -241,8 +250,8 @@ class Worker:
         JobRun(self, record, job).run()
 
     def report_unjournaled(self, task: Any, exc: Exception) -> None:
-        """The journal cannot take a claim (disk full, unwritable): tell GmAnimato the job failed (one
-        try, nothing on disk to retry from), rather than leave it processing."""
+        """The journal cannot take a claim (disk full, unwritable): tell GmAnimato the job failed (the
+        inline attempts only: nothing on disk to retry from), rather than leave it processing."""
         log.error("The journal %s cannot record a claimed task (%s)", self.journal.path, exc)
         try:
             job = parse_task(task, self.config.api.url, self.config.api.callback)
@@ -252,15 +261,20 @@ class Worker:
             ids = (error.job_id, error.callback_url)
         if ids[0] and ids[1]:
             send_final(self.api, CallbackTarget(ids[1], label=ids[0]),
-                       failed_payload(ids[0], f"the worker cannot write its journal ({exc})"), 1,
-                       self.config.webhook.retry_delay, self.config.webhook.timeout)
+                       failed_payload(ids[0], f"the worker cannot write its journal ({exc})"),
+                       self.config.webhook.max_retries + 1, self.config.webhook.retry_delay,
+                       self.config.webhook.timeout)
 
     def read_recorded_task(self, record: JobRecord) -> Job | None:
         try:
             task = task_of(self.journal, record)
         except ValueError as exc:
-            task = None
             log.error("Job %s: its recorded task cannot be read back (%s)", record.label, exc)
+            if record.job_id and record.callback_url:     # the ids are in the row: report it with them
+                job = Job(record.job_id, record.video_id or "", {}, (), {}, record.callback_url)
+                JobRun(self, record, job).report_failure(f"the worker's journal lost this task ({exc})")
+                return None
+            task = None
         return self.read_task(record, task)
 
     def read_task(self, record: JobRecord, task: Any) -> Job | None:
@@ -315,22 +329,30 @@ class Worker:
                 self.stopping.wait(1.0)
         return False
 
-    def prompt_known(self, record: JobRecord) -> bool:
-        """Whether this slot's ComfyUI still has the recorded prompt (queued, running or in history)."""
-        try:
-            return self.comfy.history(record.prompt_id or "") is not None or \
-                self.comfy.is_queued(record.prompt_id or "")
-        except ComfyUnavailable as exc:
-            log.warning("Job %s: cannot ask ComfyUI about prompt %s (%s)", record.label, record.prompt_id,
-                        exc.message)
-            return False
+    def prompt_known(self, record: JobRecord, tries: int = 5) -> bool:
+        """Whether this slot's ComfyUI still has the recorded prompt (queued, running or in history). A
+        ComfyUI too busy to answer is asked again (about 10 s); after that the prompt counts as unknown
+        (and is cancelled by the caller before anything else runs)."""
+        prompt = record.prompt_id or ""
+        for attempt in range(1, tries + 1):
+            try:
+                if self.comfy.history(prompt) is not None or self.comfy.is_queued(prompt):
+                    return True
+                return self.comfy.history(prompt) is not None    # it may have finished between the two
+            except ComfyUnavailable as exc:
+                log.warning("Job %s: cannot ask ComfyUI about prompt %s (%s)%s", record.label, prompt,
+                            exc.message, "; asking again" if attempt < tries else "")
+                if attempt < tries and self.stopping.wait(2.0):
+                    break
+        return False
 
     def abort_reason(self) -> str | None:
         if self.comfy_exit:
             return self.comfy_exit
-        if self.stopping.is_set():
-            return "the worker was stopped"
-        return None
+        return self.stop_reason()
+
+    def stop_reason(self) -> str | None:
+        return "the worker was stopped" if self.stopping.is_set() else None
 
     def comfy_lost(self) -> None:
         """After ComfyUI failed under a job: claim again only once it is ready."""

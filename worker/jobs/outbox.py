@@ -60,12 +60,12 @@ class Outbox:
         record = self.journal.queue_final(record.seq, body, self.clock())
         target = hooks.target if hooks is not None else self.target_of(record)
         tries = 1 if fast_timeout else self.config.max_retries + 1
-        delivery = send_final(self.api, target, body, tries, self.config.retry_delay,
-                              fast_timeout or self.config.timeout)
-        return self.settle(record, body, delivery, target, inline=True)
+        timeout = fast_timeout or self.config.timeout
+        delivery = send_final(self.api, target, body, tries, self.config.retry_delay, timeout)
+        return self.settle(record, body, delivery, target, inline=True, tries=tries, timeout=timeout)
 
     def settle(self, record: JobRecord, body: dict, delivery: Delivery, target: CallbackTarget,
-               inline: bool) -> Delivery:
+               inline: bool, tries: int | None = None, timeout: float | None = None) -> Delivery:
         """Record what the attempts came to: close the job, queue a replacement, or keep it in the outbox."""
         now = self.clock()
         verdict = delivery.outcome if inline else outbox_verdict(delivery, record.queued_at or now, now,
@@ -74,7 +74,8 @@ class Outbox:
             self.journal.close_job(record.seq, Phase.DELIVERED, now, delivery.attempts, delivery.status)
             return delivery
         if verdict == PERMANENT:
-            return self.refused(record, body, delivery, target)
+            return self.refused(record, body, delivery, target, tries or self.config.max_retries + 1,
+                                timeout or self.config.timeout)
         if verdict == EXPIRED:
             self.journal.close_job(record.seq, Phase.EXPIRED, now, delivery.attempts, delivery.status,
                                    delivery.error)
@@ -95,9 +96,10 @@ class Outbox:
         self._wake.set()
         return delivery
 
-    def refused(self, record: JobRecord, body: dict, delivery: Delivery, target: CallbackTarget) -> Delivery:
-        """A permanent answer: a too large or invalid ``completed`` is replaced by a ``failed``; else the
-        refusal is recorded and the job closed."""
+    def refused(self, record: JobRecord, body: dict, delivery: Delivery, target: CallbackTarget, tries: int,
+                timeout: float) -> Delivery:
+        """A permanent answer: a too large or invalid ``completed`` is replaced by a ``failed`` (sent with
+        the same number of tries); else the refusal is recorded and the job closed."""
         replacement = refusal_replacement(body, delivery.status)
         now = self.clock()
         if replacement is None:
@@ -107,9 +109,8 @@ class Outbox:
         log.error("Job %s: %s; reporting it failed instead", record.label, replacement["error"])
         self.journal.record_sends(record.seq, delivery.attempts, delivery.status, delivery.error, None, now)
         record = self.journal.queue_final(record.seq, replacement, now)
-        retry = send_final(self.api, target, replacement, self.config.max_retries + 1, self.config.retry_delay,
-                           self.config.timeout)
-        return self.settle(record, replacement, retry, target, inline=True)
+        retry = send_final(self.api, target, replacement, tries, self.config.retry_delay, timeout)
+        return self.settle(record, replacement, retry, target, inline=True, tries=tries, timeout=timeout)
 
     def target_of(self, record: JobRecord) -> CallbackTarget:
         return CallbackTarget(record.callback_url or "", record.fallback_url or "", record.label)

@@ -5,7 +5,7 @@ looked at, oldest first (:func:`plan_recovery`):
 
 * outputs already stored -> send the final webhook (nothing runs again);
 * its prompt still known to ComfyUI (queued, running or in ``/history``) -> follow it to its end and use
-  its outputs (no GPU work is wasted);
+  its outputs (no GPU work is wasted), unless processes died following it ``jobs.max_attempts`` times;
 * otherwise re-run it from its recorded task (``jobs.resume: retry``), unless it has been started
   ``jobs.max_attempts`` times or was claimed more than ``jobs.resume_max_age`` seconds ago; or report it
   failed (``jobs.resume: fail``).
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SEND_FINAL, FOLLOW, RERUN, FAIL = "send_final", "follow", "rerun", "fail"
+SEND_FINAL, FOLLOW, RERUN, FAIL, LEAVE_OPEN = "send_final", "follow", "rerun", "fail", "leave_open"
 
 
 @dataclass(frozen=True)
@@ -44,10 +44,13 @@ def plan_recovery(record: JobRecord, now: float, jobs: JobsConfig, prompt_known:
     """The fate of one interrupted job (pure). ``prompt_known``: ComfyUI still has its prompt."""
     if record.phase == Phase.OUTPUTS_STORED and record.files:
         return Plan(SEND_FINAL)
-    if record.phase == Phase.PROMPT_QUEUED and prompt_known:
-        return Plan(FOLLOW)
     cause = f"its worker stopped in phase {record.phase.value}" + \
         (f" after: {record.last_error}" if record.last_error else "")
+    if record.phase == Phase.PROMPT_QUEUED and prompt_known:
+        if record.resumes >= jobs.max_attempts:
+            return Plan(FAIL, f"{cause}; {record.resumes} later process(es) died following its prompt "
+                              f"(jobs.max_attempts = {jobs.max_attempts})")
+        return Plan(FOLLOW)
     if jobs.resume == "fail":
         return Plan(FAIL, f"{cause}; not run again (jobs.resume: fail)")
     age = now - record.claimed_at
@@ -60,16 +63,31 @@ def plan_recovery(record: JobRecord, now: float, jobs: JobsConfig, prompt_known:
     return Plan(RERUN)
 
 
-def needs_comfy(record: JobRecord) -> bool:
-    """Whether deciding about (or running) this job needs its ComfyUI up."""
-    return not (record.phase == Phase.OUTPUTS_STORED and record.files)
+def needs_prompt_check(record: JobRecord) -> bool:
+    """Whether the plan depends on what ComfyUI knows (a recorded prompt it may still have)."""
+    return record.phase == Phase.PROMPT_QUEUED and bool(record.prompt_id)
 
 
-def may_run_again(attempts: int, jobs: JobsConfig) -> str | None:
+def may_run_again(attempts: int, claimed_at: float, now: float, jobs: JobsConfig) -> str | None:
     """After a start that ComfyUI's loss ended: None when another start is allowed, else why not (pure)."""
     if attempts >= jobs.max_attempts:
         return f"start {attempts} of {jobs.max_attempts}, jobs.max_attempts"
+    if now - claimed_at > jobs.resume_max_age:
+        return f"claimed {now - claimed_at:.0f} s ago, over jobs.resume_max_age"
     return None
+
+
+def after_comfy_loss(attempts: int, claimed_at: float, now: float, jobs: JobsConfig, *, stopping: bool,
+                     fatal: bool, draining: bool) -> Plan:
+    """A start that ComfyUI's loss ended (it died, or lost the prompt): start again once it is back
+    (RERUN), leave the job open for the next start (a drain: nobody restarts ComfyUI now), or FAIL with
+    why not (a fast stop, a FATAL slot, no start or time left) (pure)."""
+    if stopping or fatal:
+        return Plan(FAIL)
+    limit = may_run_again(attempts, claimed_at, now, jobs)
+    if limit:
+        return Plan(FAIL, limit)
+    return Plan(LEAVE_OPEN) if draining else Plan(RERUN)
 
 
 def orphan_moves(open_by_slot: Mapping[str, int], live: Sequence[str]) -> dict[str, str]:
@@ -97,13 +115,14 @@ def adopt_orphans(journal: Journal, live: Sequence[str], now: float) -> dict[str
 
 
 def recover_slot(worker: "Worker") -> None:
-    """Settle every interrupted job of the worker's slot before it claims anything new."""
+    """Settle every interrupted job of the worker's slot before it claims anything new. A job is left
+    open (for the next start) only when a drain comes first and its ComfyUI is not FATAL."""
     records = worker.journal.interrupted_jobs(worker.slot.name)
     if records:
         log.warning("Recovering %d job(s) that %s was running when its process stopped", len(records),
                     worker.slot.label)
     for record in records:
-        if worker.draining.is_set():
+        if worker.draining.is_set() and not worker.comfy_fatal:
             log.warning("Job %s stays open in the journal: draining before it was recovered; the next start "
                         "picks it up", record.label)
             continue
@@ -116,23 +135,30 @@ def recover_job(worker: "Worker", record: JobRecord) -> None:
     job = worker.read_recorded_task(record)
     if job is None:                  # the task itself is unusable: it was reported
         return
-    if needs_comfy(record) and not worker.await_comfy():
-        if not worker.draining.is_set():         # this slot's ComfyUI is FATAL: say why, now
-            JobRun(worker, record, job).report_failure(worker.comfy_exit or "ComfyUI of this slot is gone")
-        return                                   # draining: it stays open for the next start
-    known = record.phase == Phase.PROMPT_QUEUED and bool(record.prompt_id) and worker.prompt_known(record)
-    plan = plan_recovery(record, worker.clock(), worker.config.jobs, known)
+    run = JobRun(worker, record, job)
+    plan = plan_recovery(record, worker.clock(), worker.config.jobs, False)
+    if needs_prompt_check(record) or plan.action == RERUN:
+        if not worker.await_comfy():
+            if worker.comfy_fatal:                   # this slot's ComfyUI will not come back: say why, now
+                run.report_failure(worker.comfy_exit or "ComfyUI of this slot is FATAL")
+            return                                   # draining: it stays open for the next start
+        known = needs_prompt_check(record) and worker.prompt_known(record)
+        plan = plan_recovery(record, worker.clock(), worker.config.jobs, known)
+        if plan.action != FOLLOW and needs_prompt_check(record):
+            worker.comfy.cancel(record.prompt_id or "")   # should ComfyUI still hold it, it must not run twice
     log.warning("Job %s: found open in the journal (phase %s, %d start(s)): %s", record.label,
                 record.phase.value, record.attempts, {SEND_FINAL: "sending its stored result",
                 FOLLOW: f"following prompt {record.prompt_id} on ComfyUI", RERUN: "running it again",
                 FAIL: "reporting it failed"}[plan.action])
-    run = JobRun(worker, record, job)
     if plan.action == SEND_FINAL:
         run.report_stored_outputs()
     elif plan.action == FAIL:
         run.report_failure(plan.reason)
+    elif plan.action == FOLLOW:
+        run.record = worker.journal.note_resume(record.seq, worker.clock())
+        run.run(resume=True)
     else:
-        run.run(resume=plan.action == FOLLOW)
+        run.run()
 
 
 def task_of(journal: Journal, record: JobRecord) -> object:

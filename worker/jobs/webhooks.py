@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from worker.backoff import backoff_delay
 from worker.jobs.errors import ApiUnavailable
-from worker.jobs.api import DELIVERED, PERMANENT, GmAnimatoClient, webhook_verdict
+from worker.jobs.api import DELIVERED, PERMANENT, GmAnimatoClient, as_answer, webhook_verdict
 
 log = logging.getLogger(__name__)
 
@@ -94,20 +94,21 @@ def send_final(api: GmAnimatoClient, target: CallbackTarget, body: dict, tries: 
         if attempt > 1:
             sleep(backoff_delay(attempt - 1, retry_delay, 60.0))
         try:
-            status = api.post_webhook(target.url, body, timeout=timeout)
+            answer = as_answer(api.post_webhook(target.url, body, timeout=timeout))
         except ApiUnavailable as exc:
             error = exc.message
             log.warning("job %s: %s webhook attempt %d failed: %s", target.label, body["status"], attempt, exc)
             target.use_fallback("is unreachable")
             continue
-        verdict = webhook_verdict(status)
+        status = answer.status
+        verdict = webhook_verdict(status, answer.error)
         if verdict == DELIVERED:
             return Delivery(DELIVERED, status, attempt, body=body)
         if 300 <= status < 400 and target.use_fallback(f"answered a redirect (HTTP {status})"):
             continue
+        error = f"HTTP {status}" + (f" {answer.error!r}" if answer.error else "")
         if verdict == PERMANENT:
-            return Delivery(PERMANENT, status, attempt, f"HTTP {status}", body)
-        error = f"HTTP {status}"
+            return Delivery(PERMANENT, status, attempt, error, body)
         log.warning("job %s: %s webhook attempt %d answered HTTP %s", target.label, body["status"],
                     attempt, status)
     return Delivery(GAVE_UP, status, tries, error, body)
@@ -136,6 +137,11 @@ class JobWebhooks:
     def url(self) -> str:
         return self.target.url
 
+    @property
+    def progress_timeout(self) -> tuple[float, float]:
+        """(connect, read) seconds of one progress request: progress is never worth a long wait."""
+        return 5.0, min(10.0, self.timeout)
+
     def progress(self, snapshot: dict, node_changed: bool) -> bool:
         """Offer a progress snapshot; True when it is due and will be sent (replacing an older one)."""
         with self._cond:
@@ -159,12 +165,12 @@ class JobWebhooks:
 
     def _send_progress(self, body: dict) -> None:
         try:
-            status = self.api.post_webhook(self.target.url, body, timeout=(5.0, min(10.0, self.timeout)))
+            answer = as_answer(self.api.post_webhook(self.target.url, body, timeout=self.progress_timeout))
         except ApiUnavailable as exc:
             log.debug("job %s: progress webhook not delivered (%s)", self.job_id, exc)
             return
-        if webhook_verdict(status) != DELIVERED:
-            log.debug("job %s: progress webhook answered %s", self.job_id, status)
+        if webhook_verdict(answer.status, answer.error) != DELIVERED:
+            log.debug("job %s: progress webhook answered %s", self.job_id, answer.status)
 
     def stop_progress(self) -> None:
         """No progress webhook leaves after this returns (one in flight is waited for)."""
@@ -174,10 +180,10 @@ class JobWebhooks:
             self._cond.notify()
         if self._thread is threading.current_thread():
             return
-        self._thread.join(timeout=min(30.0, self.timeout + 1))
+        self._thread.join(timeout=sum(self.progress_timeout) + 1)   # longer than any one progress request
         if self._thread.is_alive():
-            log.warning("job %s: a progress webhook is still in flight after 30 s; sending the final one",
-                        self.job_id)
+            log.warning("job %s: a progress webhook is still in flight after its own timeout; sending the "
+                        "final one", self.job_id)
 
     def final(self, body: dict, tries: int | None = None, timeout: float | None = None) -> Delivery:
         """Stop progress, then deliver the final webhook with up to ``1 + max_retries`` attempts."""

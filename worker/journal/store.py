@@ -37,6 +37,7 @@ CREATE TABLE jobs (
     callback_url TEXT,
     fallback_url TEXT,
     attempts     INTEGER NOT NULL DEFAULT 0,   -- starts of the job
+    resumes      INTEGER NOT NULL DEFAULT 0,   -- times a new process took up its running prompt
     prompt_id    TEXT,
     client_id    TEXT,
     comfy_url    TEXT,
@@ -76,6 +77,7 @@ class JobRecord:
     callback_url: str | None
     fallback_url: str | None
     attempts: int
+    resumes: int
     prompt_id: str | None
     client_id: str | None
     comfy_url: str | None
@@ -155,6 +157,14 @@ class Journal:
             record = self._get(db, seq)
         return self._wrote("attempt", record)
 
+    def note_resume(self, seq: int, now: float) -> JobRecord:
+        """A new process takes up the job's running prompt (counted, so a prompt whose following kills
+        the worker is not followed for ever)."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET resumes=resumes+1, updated_at=? WHERE seq=?", (now, seq))
+            record = self._get(db, seq)
+        return self._wrote("resume", record)
+
     def inputs_uploaded(self, seq: int, now: float) -> JobRecord:
         return self._advance(seq, Phase.INPUTS_UPLOADED, now)
 
@@ -180,6 +190,7 @@ class Journal:
                      next_send_at: float | None, now: float) -> JobRecord:
         """Attempts that did not deliver; ``next_send_at`` hands the row to the outbox."""
         with self._tx() as db:
+            self._move(db, seq, Phase.FINAL_QUEUED)
             db.execute("UPDATE jobs SET sends=sends+?, last_http=?, last_error=COALESCE(?, last_error), "
                        "next_send_at=?, updated_at=? WHERE seq=?",
                        (sends, last_http, error, next_send_at, now, seq))
@@ -212,10 +223,13 @@ class Journal:
                               (now, slot, Phase.FINAL_QUEUED.value)).rowcount
 
     def reassign(self, from_slots: Sequence[str], to_slot: str, now: float) -> int:
-        """Open jobs of slots that no longer exist move to ``to_slot``."""
+        """Open jobs of slots that are gone (or whose worker is FATAL) move to ``to_slot``; their final
+        webhooks go straight to its outbox."""
         if not from_slots:
             return 0
         with self._tx() as db:
+            db.execute(f"UPDATE jobs SET next_send_at=? WHERE phase=? AND next_send_at IS NULL "
+                       f"AND slot IN ({_marks(from_slots)})", (now, Phase.FINAL_QUEUED.value, *from_slots))
             return db.execute(f"UPDATE jobs SET slot=?, updated_at=? WHERE closed_at IS NULL "
                               f"AND slot IN ({_marks(from_slots)})", (to_slot, now, *from_slots)).rowcount
 
@@ -304,9 +318,23 @@ class _Transaction:
 
     def __exit__(self, kind, value, trace) -> None:
         try:
-            self.db.execute("COMMIT" if kind is None else "ROLLBACK")
+            if kind is None:
+                try:
+                    self.db.execute("COMMIT")
+                except BaseException:
+                    self._rollback()       # a failed COMMIT must not keep the write lock
+                    raise
+            else:
+                self._rollback()
         finally:
             self.lock.release()
+
+    def _rollback(self) -> None:
+        if self.db.in_transaction:
+            try:
+                self.db.execute("ROLLBACK")
+            except sqlite3.Error as exc:   # keep the exception that got us here
+                log.error("Journal: ROLLBACK failed: %s", exc)
 
 
 def _connect(path: Path) -> sqlite3.Connection:
@@ -343,7 +371,11 @@ def _migrate(db: sqlite3.Connection, path: Path) -> None:
                 log.warning("Journal %s: migrated from schema version %d to %d", path, target - 1, target)
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:
+            try:
+                db.execute("ROLLBACK")
+            except sqlite3.Error:
+                pass                 # the migration's own error says more
         raise
 
 

@@ -21,10 +21,11 @@ from pathlib import Path
 
 from worker import exits
 from worker.config import Config
+from worker.exits import describe_status
+from worker.journal.store import Journal, JournalError
 from worker.reports import Command, Down, Report, Up
 from worker.supervision.children import ComfyProcess, SlotPlan, WorkerProcess
 from worker.supervision.notify import sd_notify
-from worker.exits import describe_status
 from worker.supervision.policy import RestartPolicy, decide_restart
 from worker.supervision.slots import assign_ports, port_is_free
 from worker.supervision.states import ChildState as S
@@ -162,7 +163,7 @@ class Supervisor:
                 if self.draining and self.drained(now):
                     break
                 if not self.draining and self.all_fatal():
-                    break
+                    self.begin_drain(now)       # workers report what their FATAL slots cannot run, then exit
         finally:
             self.shutdown()
         return self.exit_code
@@ -249,6 +250,8 @@ class Supervisor:
         slot.worker_state.set_state(S.RUNNING)
         if slot.comfy_state.state == S.RUNNING:
             self.tell_ready(slot)
+        elif slot.comfy_state.state == S.FATAL:
+            slot.worker.send(self.fatal_command(slot))     # so the jobs it recovers are reported, not held
 
     def tell_ready(self, slot: Slot) -> None:
         slot.worker_waits_for_comfy = False
@@ -264,8 +267,12 @@ class Supervisor:
         slot.fatal_is_config = config_fault
         slot.settled = True
         slot.comfy_state.set_state(S.FATAL, reason)
-        slot.worker.send(Command(Down.COMFY_EXITED, {"final": True,
-                                                     "reason": f"ComfyUI of {slot.plan.label} is FATAL: {reason}"}))
+        slot.worker.send(self.fatal_command(slot))
+
+    @staticmethod
+    def fatal_command(slot: Slot) -> Command:
+        return Command(Down.COMFY_EXITED, {"final": True, "fatal": True,
+                                           "reason": f"ComfyUI of {slot.plan.label} is FATAL: {slot.fatal_reason}"})
 
     def read_reports(self, now: float) -> None:
         for slot in self.slots:
@@ -347,10 +354,35 @@ class Supervisor:
             if slot.comfy_state.state not in (S.FATAL, S.EXITED):
                 slot.comfy_state.set_state(S.FATAL, "its worker is FATAL")
                 slot.comfy.signal_group(signal.SIGTERM)
+            self.hand_over_jobs(slot)
             return
         log.info("%s: restarting the worker in %.1f s", slot.name, verdict.delay)
         slot.worker_state.set_state(S.BACKOFF, verdict.reason)
         slot.worker_restart_at = now + verdict.delay
+
+    def hand_over_jobs(self, slot: Slot) -> None:
+        """A FATAL worker's open jobs move, in the journal, to the live slot with the fewest, whose worker
+        is told to take them up; with no live slot they wait for the next start."""
+        live = [s for s in self.slots if s is not slot and not s.fatal]
+        try:
+            journal = Journal.open(self.config.state_path)
+        except JournalError as exc:
+            log.error("%s: cannot hand its open jobs over: %s", slot.name, exc)
+            return
+        try:
+            open_by_slot = journal.open_slots()
+            if not open_by_slot.get(slot.name):
+                return
+            if not live:
+                log.error("%s: %d open job(s) stay in the journal until the next start (no live slot to take "
+                          "them)", slot.name, open_by_slot[slot.name])
+                return
+            target = min(live, key=lambda s: open_by_slot.get(s.name, 0))
+            moved = journal.reassign([slot.name], target.name, time.time())
+        finally:
+            journal.close()
+        log.warning("%s: %d open job(s) of its FATAL worker move to %s", slot.name, moved, target.name)
+        target.worker.send(Command(Down.RECOVER))
 
     # ---- probes ----------------------------------------------------------------------------------
     def probe(self, now: float) -> None:
@@ -454,8 +486,6 @@ class Supervisor:
         config_fault = all(s.fatal_is_config for s in self.slots)
         self.exit_code = exits.EXIT_CONFIG if config_fault else exits.EXIT_FAILURE
         log.error("Every slot is FATAL; stopping (exit code %d)", self.exit_code)
-        for slot in self.slots:
-            slot.worker.send(Command(Down.STOP))
         return True
 
     def drained(self, now: float) -> bool:
