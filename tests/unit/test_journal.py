@@ -33,7 +33,8 @@ def walk_to_delivered(j: Journal, slot: str = "gpu0", now: float = 100.0) -> int
     j.inputs_uploaded(seq, now)
     j.prompt_queued(seq, "local-v1-abc", "client-1", "http://127.0.0.1:8188", now)
     j.outputs_stored(seq, [{"filename": "a.mp4", "type": "s3_url", "data": "http://s3/a.mp4"}], now)
-    j.queue_final(seq, {"id": "local-v1", "status": "completed", "files": []}, now)
+    assert j.files(seq)[0]["filename"] == "a.mp4"
+    j.queue_final(seq, {"id": "local-v1", "status": "completed", "files": j.files(seq)}, now, files_stored=True)
     j.close_job(seq, Phase.DELIVERED, now, sends=1, last_http=201)
     return seq
 
@@ -44,7 +45,8 @@ def test_a_job_walks_every_phase_and_each_step_is_on_disk(journal, tmp_path):
     record = other.get(seq)
     assert record.phase == Phase.DELIVERED and record.attempts == 1 and record.sends == 1
     assert record.prompt_id == "local-v1-abc" and record.client_id == "client-1"
-    assert record.files[0]["filename"] == "a.mp4" and record.final_body["status"] == "completed"
+    assert other.final_body(seq)["files"][0]["data"] == "http://s3/a.mp4"     # a small body is kept
+    assert other.files(seq) is None and other.task(seq) is None
     assert record.closed_at == 100.0 and record.last_http == 201
     assert other.interrupted_jobs("gpu0") == [] and other.outbox("gpu0") == []
     other.close()
@@ -157,7 +159,7 @@ def test_several_processes_write_at_once_and_nothing_is_lost(tmp_path):
     journal = Journal.open(tmp_path / "state")
     rows = journal.all_jobs()
     assert len(rows) == 120 and all(r.phase == Phase.FINAL_QUEUED for r in rows)
-    assert {r.final_body["id"] for r in rows} == {f"gpu{i}-{n}" for i in range(3) for n in range(40)}
+    assert {journal.final_body(r.seq)["id"] for r in rows} == {f"gpu{i}-{n}" for i in range(3) for n in range(40)}
     journal.close()
 
 
@@ -177,3 +179,36 @@ def test_the_claim_answer_is_kept_while_the_job_is_open_and_dropped_when_it_clos
     assert journal.task(seq) == TASK
     journal.close_job(seq, Phase.DELIVERED, 3.0)
     assert journal.task(seq) is None and journal.get(seq).phase == Phase.DELIVERED
+
+
+def test_a_final_body_made_of_the_stored_files_does_not_store_them_twice(journal):
+    seq = journal.record_claim("gpu0", TASK, 1.0).seq
+    journal.prompt_queued(seq, "p", "c", "http://127.0.0.1:8188", 1.5)
+    files = [{"filename": "a.mp4", "type": "base64", "data": "QUJD" * 1000}]
+    journal.outputs_stored(seq, files, 2.0)
+    body = {"id": "local-v1", "status": "completed", "files": files}
+    journal.queue_final(seq, body, 3.0, files_stored=True)
+    assert journal.final_body(seq) == body
+    with sqlite3.connect(journal.path) as db:
+        sizes = dict(db.execute("SELECT name, length(text) FROM blobs WHERE seq=?", (seq,)).fetchall())
+    assert sizes["final_body"] < 200 and sizes["files"] > 4000
+    other = {"id": "local-v1", "status": "failed", "error": "too large"}   # a replacement stands alone
+    journal.queue_final(seq, other, 4.0)
+    assert journal.final_body(seq) == other
+    journal.close_job(seq, Phase.DELIVERED, 5.0)
+    assert journal.final_body(seq) == other and journal.files(seq) is None
+
+
+def test_tidy_drops_big_blobs_of_closed_jobs_and_keeps_small_bodies(journal):
+    big = journal.record_claim("gpu0", TASK, 1.0).seq
+    journal.prompt_queued(big, "p", "c", "u", 1.0)
+    journal.outputs_stored(big, [{"filename": "a.mp4", "type": "base64", "data": "A" * 100_000}], 1.0)
+    journal.queue_final(big, {"id": "x", "status": "completed", "files": journal.files(big)}, 1.0,
+                        files_stored=True)
+    small = walk_to_delivered(journal)
+    still_open = journal.record_claim("gpu0", TASK, 1.0).seq
+    journal.close_job(big, Phase.DELIVERED, 2.0)
+    assert journal.final_body(big)["files"][0]["data"] == "A" * 100_000     # until tidied
+    assert journal.tidy() == 3                                              # task, files, final body
+    assert journal.final_body(big) is None and journal.files(big) is None
+    assert journal.final_body(small)["status"] == "completed" and journal.task(still_open) == TASK

@@ -107,7 +107,7 @@ def test_a_completed_too_large_is_replaced_by_a_failed_and_that_is_recorded(jour
     delivery = outbox.deliver(journal.get(seq), completed_payload("local-v", [{"filename": "a.mp4"}]))
     assert delivery.outcome == "delivered" and delivery.body["status"] == "failed"
     row = journal.get(seq)
-    assert row.phase == Phase.DELIVERED and row.final_body["status"] == "failed" and row.sends == 2
+    assert row.phase == Phase.DELIVERED and journal.final_body(seq)["status"] == "failed" and row.sends == 2
 
 
 def test_rows_left_by_a_dead_process_are_adopted_at_start(journal):

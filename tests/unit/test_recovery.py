@@ -22,7 +22,7 @@ def record(phase: Phase, attempts: int = 1, claimed_at: float = 1000.0, files=No
     return JobRecord(seq=1, job_id="local-v", video_id="v", slot="gpu0", phase=phase,
                      callback_url="http://gm/cb", fallback_url="http://gm/cb", attempts=attempts, resumes=resumes,
                      prompt_id="local-v-p" if phase == Phase.PROMPT_QUEUED else None, client_id="c",
-                     comfy_url="http://127.0.0.1:8188", files=files, final_body=None, sends=0, next_send_at=None,
+                     comfy_url="http://127.0.0.1:8188", sends=0, next_send_at=None,
                      last_http=None, last_error=last_error, claimed_at=claimed_at, queued_at=None,
                      updated_at=claimed_at, closed_at=None)
 

@@ -54,7 +54,8 @@ class JobRun:
     def report_stored_outputs(self) -> None:
         """The outputs were stored before the process died: only the final webhook is left to send."""
         self.begin()
-        self.end(completed_payload(self.job.job_id, list(self.record.files or [])), time.monotonic())
+        files = self.worker.journal.files(self.seq) or []
+        self.end(completed_payload(self.job.job_id, files), time.monotonic())
 
     def report_failure(self, reason: str) -> None:
         self.begin()
@@ -80,7 +81,8 @@ class JobRun:
     def end(self, body: dict, started: float) -> None:
         if body["status"] == "failed":
             self.worker.abandon_if_orphaned(self.job.job_id)
-        delivery = self.worker.outbox.deliver(self.record, body, self.hooks, self.worker.fast_stop_timeout())
+        delivery = self.worker.outbox.deliver(self.record, body, self.hooks, self.worker.fast_stop_timeout(),
+                                              files_stored=body["status"] == "completed")   # made of them
         self.finish(body, delivery, time.monotonic() - started)
 
     # ---- execution, with restarts -----------------------------------------------------------------

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 
 EXPIRED = "expired"
 IDLE_WAKE = 5.0                      # the background thread looks at the journal at least this often
+TIDY_EVERY = 10.0                    # ... and tidies it (old blobs, WAL checkpoint) at most this often
 
 
 def outbox_delay(sends: int, base: float, cap: float, rng: random.Random | None = None) -> float:
@@ -49,15 +50,17 @@ class Outbox:
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._tidied = 0.0
 
     # ---- the job's own thread ---------------------------------------------------------------------
     def deliver(self, record: JobRecord, body: dict, hooks: JobWebhooks | None = None,
-                fast_timeout: float | None = None) -> Delivery:
+                fast_timeout: float | None = None, files_stored: bool = False) -> Delivery:
         """Write ``body`` as the job's final webhook, send it, settle the job. Never raises for a
-        delivery fault. ``fast_timeout``: one short try (a fast stop); the rest is left to the outbox."""
+        delivery fault. ``fast_timeout``: one short try (a fast stop); the rest is left to the outbox.
+        ``files_stored``: the body's files are the job's stored outputs (journaled once)."""
         if hooks is not None:
             hooks.stop_progress()
-        record = self.journal.queue_final(record.seq, body, self.clock())
+        record = self.journal.queue_final(record.seq, body, self.clock(), files_stored=files_stored)
         target = hooks.target if hooks is not None else self.target_of(record)
         tries = 1 if fast_timeout else self.config.max_retries + 1
         timeout = fast_timeout or self.config.timeout
@@ -157,12 +160,14 @@ class Outbox:
             if record.next_send_at is not None and record.next_send_at <= self.clock():
                 self.send_one(record)
         upcoming = [r.next_send_at for r in self.journal.outbox(self.slot) if r.next_send_at is not None]
-        if not upcoming:
-            return IDLE_WAKE
-        return min(IDLE_WAKE, max(0.01, min(upcoming) - self.clock()))
+        wait = min(IDLE_WAKE, max(0.01, min(upcoming) - self.clock())) if upcoming else IDLE_WAKE
+        if wait >= 1.0 and time.monotonic() - self._tidied >= TIDY_EVERY:
+            self._tidied = time.monotonic()
+            self.journal.tidy()
+        return wait
 
     def send_one(self, record: JobRecord) -> None:
-        body = record.final_body or {}
+        body = self.journal.final_body(record.seq) or {}
         if self.clock() - (record.queued_at or self.clock()) >= self.config.expiry:
             self.settle(record, body, Delivery(GAVE_UP, record.last_http, 0, record.last_error or ""),
                         self.target_of(record), inline=False)

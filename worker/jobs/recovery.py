@@ -42,7 +42,7 @@ class Plan:
 
 def plan_recovery(record: JobRecord, now: float, jobs: JobsConfig, prompt_known: bool) -> Plan:
     """The fate of one interrupted job (pure). ``prompt_known``: ComfyUI still has its prompt."""
-    if record.phase == Phase.OUTPUTS_STORED and record.files:
+    if record.phase == Phase.OUTPUTS_STORED:
         return Plan(SEND_FINAL)
     cause = f"its worker stopped in phase {record.phase.value}" + \
         (f" after: {record.last_error}" if record.last_error else "")

@@ -3,8 +3,11 @@
 One SQLite database (``<state_dir>/journal.sqlite3``, WAL mode, ``synchronous=FULL``) shared by the
 workers of one supervisor; each row is a job and is written only by the worker of its slot. Every
 method is one transaction, committed (and so on disk) before it returns: the caller acts on a step only
-after the step is recorded. The claim answer (megabytes, with a base64 image) sits in a table of its own,
-written once and deleted when the job closes, so each later step rewrites a small row only. ``PRAGMA user_version`` carries the schema version: an older journal is
+after the step is recorded. What can be big — the claim answer (a base64 image), the stored outputs'
+entries and the final body (a base64 video) — sits in ``blobs``, each written once: SQLite rewrites a
+whole row on any update, so the ``jobs`` rows stay small. When a job closes, a final body under 64 KiB
+is kept (for inspection); bigger blobs are deleted later by :meth:`Journal.tidy`, which also
+checkpoints the WAL, off the job's path (the outbox thread calls it when it has nothing to send). ``PRAGMA user_version`` carries the schema version: an older journal is
 migrated in place, open rows kept; a newer one (or a file that is not a journal) is refused with
 :class:`JournalError`, never dropped.
 """
@@ -24,8 +27,11 @@ from worker.journal.phases import CLOSED, OPEN, RUNNING, Phase, check_move
 log = logging.getLogger(__name__)
 
 FILE_NAME = "journal.sqlite3"
+FILES_REF = "@files"      # in a stored final body: "the files blob" (a base64 video is not written twice)
+KEEP_BODY_BYTES = 64 * 1024
 SCHEMA_VERSION = 1
 BUSY_TIMEOUT_MS = 30_000
+AUTOCHECKPOINT_PAGES = 16384     # a safety net (64 MiB of WAL); tidy() checkpoints long before
 
 _SCHEMA_V1 = ("""
 CREATE TABLE jobs (
@@ -41,18 +47,18 @@ CREATE TABLE jobs (
     prompt_id    TEXT,
     client_id    TEXT,
     comfy_url    TEXT,
-    files        TEXT,              -- JSON: the stored outputs' webhook entries
-    final_body   TEXT,              -- JSON: the final webhook, exactly as sent
-    sends        INTEGER NOT NULL DEFAULT 0,   -- attempts to deliver final_body
+    sends        INTEGER NOT NULL DEFAULT 0,   -- attempts to deliver the final body
     next_send_at REAL,              -- epoch s; NULL while the job's own worker thread sends it
     last_http    INTEGER,
     last_error   TEXT,
     claimed_at   REAL NOT NULL,     -- epoch s (wall clock: survives reboots)
-    queued_at    REAL,              -- when final_body was first written
+    queued_at    REAL,              -- when the final body was first written
     updated_at   REAL NOT NULL,
     closed_at    REAL
 )""",
-              "CREATE TABLE tasks (seq INTEGER PRIMARY KEY, task TEXT NOT NULL)",   # claim answers of open jobs
+              # name: task (the claim answer), files (stored outputs' entries), final_body (the webhook)
+              "CREATE TABLE blobs (seq INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL, "
+              "text TEXT NOT NULL, PRIMARY KEY (seq, name))",
               "CREATE INDEX jobs_by_slot ON jobs (slot, phase)",
               "CREATE INDEX jobs_by_close ON jobs (closed_at)")
 
@@ -81,8 +87,6 @@ class JobRecord:
     prompt_id: str | None
     client_id: str | None
     comfy_url: str | None
-    files: list | None
-    final_body: dict | None
     sends: int
     next_send_at: float | None
     last_http: int | None
@@ -97,11 +101,10 @@ class JobRecord:
         return self.job_id or f"#{self.seq} (no job id)"
 
 
+
 def _record(row: sqlite3.Row) -> JobRecord:
     data = dict(row)
     data["phase"] = Phase(data["phase"])
-    data["files"] = json.loads(data["files"]) if data["files"] else None
-    data["final_body"] = json.loads(data["final_body"]) if data["final_body"] else None
     return JobRecord(**data)
 
 
@@ -137,7 +140,7 @@ class Journal:
         with self._tx() as db:
             cur = db.execute("INSERT INTO jobs (slot, phase, claimed_at, updated_at) VALUES (?,?,?,?)",
                              (slot, Phase.CLAIMED.value, now, now))
-            db.execute("INSERT INTO tasks (seq, task) VALUES (?,?)", (cur.lastrowid, task))
+            _put_blob(db, cur.lastrowid, "task", task)
             record = self._get(db, cur.lastrowid)
         return self._wrote("claimed", record)
 
@@ -174,15 +177,24 @@ class Journal:
                              comfy_url=comfy_url)
 
     def outputs_stored(self, seq: int, files: list[dict], now: float) -> JobRecord:
-        return self._advance(seq, Phase.OUTPUTS_STORED, now, files=json.dumps(files))
+        with self._tx() as db:
+            self._move(db, seq, Phase.OUTPUTS_STORED)
+            _put_blob(db, seq, "files", json.dumps(files))
+            db.execute("UPDATE jobs SET phase=?, updated_at=? WHERE seq=?", (Phase.OUTPUTS_STORED.value, now, seq))
+            record = self._get(db, seq)
+        return self._wrote(Phase.OUTPUTS_STORED.value, record)
 
-    def queue_final(self, seq: int, body: dict, now: float, error: str | None = None) -> JobRecord:
-        """The final webhook body, before its first attempt. ``next_send_at`` is NULL: the caller sends it."""
+    def queue_final(self, seq: int, body: dict, now: float, error: str | None = None,
+                    files_stored: bool = False) -> JobRecord:
+        """The final webhook body, before its first attempt. ``next_send_at`` is NULL: the caller sends it.
+        ``files_stored``: the body's ``files`` are exactly the job's stored ones (kept once, referred to)."""
         with self._tx() as db:
             self._move(db, seq, Phase.FINAL_QUEUED)
-            db.execute("UPDATE jobs SET phase=?, final_body=?, queued_at=COALESCE(queued_at, ?), "
-                       "next_send_at=NULL, last_error=COALESCE(?, last_error), updated_at=? WHERE seq=?",
-                       (Phase.FINAL_QUEUED.value, json.dumps(body), now, error, now, seq))
+            refer = files_stored and _get_size(db, seq, "files") is not None
+            _put_blob(db, seq, "final_body", json.dumps({**body, "files": FILES_REF} if refer else body))
+            db.execute("UPDATE jobs SET phase=?, queued_at=COALESCE(queued_at, ?), next_send_at=NULL, "
+                       "last_error=COALESCE(?, last_error), updated_at=? WHERE seq=?",
+                       (Phase.FINAL_QUEUED.value, now, error, now, seq))
             record = self._get(db, seq)
         return self._wrote("final_queued", record)
 
@@ -198,13 +210,18 @@ class Journal:
 
     def close_job(self, seq: int, phase: Phase, now: float, sends: int = 0, last_http: int | None = None,
                   error: str | None = None) -> JobRecord:
-        """Delivered, refused, expired or unreportable: the job leaves the journal's open set (and its
-        claim answer, no longer needed, is deleted)."""
+        """Delivered, refused, expired or unreportable: the job leaves the journal's open set, and its
+        blobs go (a final body of under 64 KiB is kept, resolved, for inspection)."""
         if phase not in CLOSED:
             raise ValueError(f"{phase} is not a closed phase")
         with self._tx() as db:
             self._move(db, seq, phase)
-            db.execute("DELETE FROM tasks WHERE seq=?", (seq,))
+            size = (_get_size(db, seq, "final_body") or 0) + (_get_size(db, seq, "files") or 0)
+            if size <= KEEP_BODY_BYTES:         # small: settle the blobs now; big ones wait for tidy()
+                kept = json.dumps(self._final_body(db, seq)) if size else None
+                db.execute("DELETE FROM blobs WHERE seq=?", (seq,))
+                if kept:
+                    _put_blob(db, seq, "final_body", kept)
             db.execute("UPDATE jobs SET phase=?, sends=sends+?, last_http=COALESCE(?, last_http), "
                        "last_error=COALESCE(?, last_error), next_send_at=NULL, closed_at=?, updated_at=? "
                        "WHERE seq=?", (phase.value, sends, last_http, error, now, now, seq))
@@ -233,8 +250,22 @@ class Journal:
             return db.execute(f"UPDATE jobs SET slot=?, updated_at=? WHERE closed_at IS NULL "
                               f"AND slot IN ({_marks(from_slots)})", (to_slot, now, *from_slots)).rowcount
 
+    def tidy(self) -> int:
+        """Delete the blobs closed jobs no longer need (all but a small, self-contained final body) and
+        checkpoint the WAL; returns how many blobs went. Slow for big blobs: call it off a job's path."""
+        with self._tx() as db:
+            gone = db.execute(
+                "DELETE FROM blobs WHERE seq IN (SELECT seq FROM jobs WHERE closed_at IS NOT NULL) AND NOT "
+                f"(name='final_body' AND size <= {KEEP_BODY_BYTES} AND instr(text, ?) = 0)",
+                (f'"{FILES_REF}"',)).rowcount
+        with self._lock:
+            self._db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        return gone
+
     def prune(self, closed_before: float) -> int:
         with self._tx() as db:
+            db.execute("DELETE FROM blobs WHERE seq IN (SELECT seq FROM jobs WHERE closed_at IS NOT NULL "
+                       "AND closed_at < ?)", (closed_before,))
             return db.execute("DELETE FROM jobs WHERE closed_at IS NOT NULL AND closed_at < ?",
                               (closed_before,)).rowcount
 
@@ -246,8 +277,27 @@ class Journal:
     def task(self, seq: int) -> str | None:
         """The claim answer of an open job, as received (None once the job is closed)."""
         with self._lock:
-            row = self._db.execute("SELECT task FROM tasks WHERE seq=?", (seq,)).fetchone()
-        return row["task"] if row else None
+            return _get_blob(self._db, seq, "task")
+
+    def files(self, seq: int) -> list | None:
+        """The stored outputs' entries (from ``outputs_stored``), while the job is open."""
+        with self._lock:
+            text = _get_blob(self._db, seq, "files")
+        return json.loads(text) if text else None
+
+    def final_body(self, seq: int) -> dict | None:
+        """The final webhook body, exactly as it is sent."""
+        with self._lock:
+            return self._final_body(self._db, seq)
+
+    @staticmethod
+    def _final_body(db: sqlite3.Connection, seq: int) -> dict | None:
+        text = _get_blob(db, seq, "final_body")
+        body = json.loads(text) if text else None
+        if isinstance(body, dict) and body.get("files") == FILES_REF:
+            files = _get_blob(db, seq, "files")
+            body["files"] = json.loads(files) if files else []
+        return body
 
     def interrupted_jobs(self, slot: str) -> list[JobRecord]:
         """Jobs of ``slot`` whose final webhook is not written yet, oldest first: at a worker's start,
@@ -301,6 +351,21 @@ class Journal:
         return record
 
 
+def _put_blob(db: sqlite3.Connection, seq: int, name: str, text: str) -> None:
+    db.execute("INSERT OR REPLACE INTO blobs (seq, name, size, text) VALUES (?,?,?,?)", (seq, name, len(text), text))
+
+
+def _get_size(db: sqlite3.Connection, seq: int, name: str) -> int | None:
+    """A blob's size in characters, without reading it."""
+    row = db.execute("SELECT size FROM blobs WHERE seq=? AND name=?", (seq, name)).fetchone()
+    return row[0] if row else None
+
+
+def _get_blob(db: sqlite3.Connection, seq: int, name: str) -> str | None:
+    row = db.execute("SELECT text FROM blobs WHERE seq=? AND name=?", (seq, name)).fetchone()
+    return row["text"] if row else None
+
+
 class _Transaction:
     """``BEGIN IMMEDIATE`` .. ``COMMIT`` under the process lock (ROLLBACK on any exception)."""
 
@@ -345,6 +410,7 @@ def _connect(path: Path) -> sqlite3.Connection:
         db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
         mode = db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         db.execute("PRAGMA synchronous=FULL")
+        db.execute(f"PRAGMA wal_autocheckpoint={AUTOCHECKPOINT_PAGES}")
         _migrate(db, path)
     except sqlite3.DatabaseError as exc:
         raise JournalError(f"{path}: not a usable journal ({exc}); move it away to start afresh "
