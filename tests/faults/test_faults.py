@@ -30,6 +30,14 @@ def long_job(gma, steps: int = 30, final_faults: list | None = None, **spec) -> 
     return gma.add_job(template="i2v", patch=sampler(steps, 0.1), video_id=vid, **spec)
 
 
+def running_job(r, steps: int):
+    """Start the supervisor and one job; return once the job is inside its sampler."""
+    sup = r.start()
+    vid = long_job(r.gma, steps)
+    wait_until(lambda: r.in_sampler(vid), 30, 0.05, "the sampler running")
+    return sup, vid
+
+
 def worker_pid(sup, slot: str = "gpu0") -> int:
     return pids(sup.output(), "worker")[slot][-1]
 
@@ -74,9 +82,7 @@ def test_worker_killed_during_input_upload_runs_the_job_again(own_gma, rig):
 @pytest.mark.timeout(120)
 def test_worker_killed_during_execution_follows_the_running_prompt(own_gma, rig):
     r = rig(own_gma)
-    sup = r.start()
-    vid = long_job(own_gma, 30)
-    wait_until(lambda: r.in_sampler(vid), 30, 0.05, "the sampler running")
+    sup, vid = running_job(r, 30)
     prompt = r.row(vid)["prompt_id"]
     kill_worker(sup, worker_pid(sup))
     r.check_promise({vid: "completed"})
@@ -125,9 +131,7 @@ def test_worker_killed_during_the_webhook_retries_delivers_after_the_restart(own
 @pytest.mark.timeout(150)
 def test_supervisor_killed_mid_job_reruns_the_job_after_its_restart(own_gma, rig):
     r = rig(own_gma)
-    first = r.start()
-    vid = long_job(own_gma, 40)
-    wait_until(lambda: r.in_sampler(vid), 30, 0.05, "the sampler running")
+    first, vid = running_job(r, 40)
     kill_supervisor(first)
     assert own_gma.videos()[vid]["status"] == "processing" and r.row(vid)["phase"] == "prompt_queued"
     assert "leaving job local-" + vid + " open in the journal" in first.output()
@@ -159,9 +163,7 @@ def test_supervisor_killed_while_the_final_webhook_waits_in_the_outbox_delivers_
 @pytest.mark.parametrize("max_attempts,outcome", [(2, "completed"), (1, "failed")])
 def test_comfyui_killed_mid_job(own_gma, rig, max_attempts, outcome):
     r = rig(own_gma, jobs={"max_attempts": max_attempts})
-    sup = r.start()
-    vid = long_job(own_gma, 30)
-    wait_until(lambda: r.in_sampler(vid), 30, 0.05, "the sampler running")
+    sup, vid = running_job(r, 30)
     os.kill(pids(sup.output(), "ComfyUI")["gpu0"][-1], signal.SIGKILL)
     videos = r.check_promise({vid: outcome})
     final = [h["body"] for h in own_gma.webhooks(vid) if h["status"] == 201 and h["body"]["status"] == outcome]
@@ -237,9 +239,7 @@ def test_s3_refusing_the_bucket_fails_the_job_at_once(own_gma, rig):
 @pytest.mark.timeout(120)
 def test_a_second_supervisor_on_the_same_folders_exits_2_and_touches_nothing(own_gma, rig):
     r = rig(own_gma)
-    first = r.start()
-    vid = long_job(own_gma, 20)
-    wait_until(lambda: r.in_sampler(vid), 30, 0.05, "the sampler running")
+    first, vid = running_job(r, 20)
     children = sorted(c.pid for c in psutil.Process(first.pid).children(recursive=True))
     second = start_supervisor(r.processes, r.tmp_path, r.tree, r.gpus, name="second")
     assert second.wait(30) == 2
@@ -305,9 +305,7 @@ def test_local_worker_killed_mid_job_recovers_it_at_its_next_start(own_gma, proc
 @pytest.mark.timeout(150)
 def test_comfyui_dying_during_a_drain_leaves_the_job_for_the_next_start(own_gma, rig):
     r = rig(own_gma)
-    first = r.start()
-    vid = long_job(own_gma, 40)
-    wait_until(lambda: r.in_sampler(vid), 30, 0.05, "the sampler running")
+    first, vid = running_job(r, 40)
     first.signal(signal.SIGTERM)
     wait_until(lambda: "Draining" in first.output(), 10, 0.05, "the drain")
     os.kill(pids(first.output(), "ComfyUI")["gpu0"][-1], signal.SIGKILL)
@@ -325,9 +323,7 @@ def test_a_job_recovered_on_a_slot_that_turns_fatal_is_reported_with_the_reason(
     from tests.supervised import fake_uuids
 
     r = rig(own_gma, supervisor={"backoff_start": 0.1, "max_restarts": 1})
-    first = r.start()
-    vid = long_job(own_gma, 40)
-    wait_until(lambda: r.in_sampler(vid), 30, 0.05, "the sampler running")
+    first, vid = running_job(r, 40)
     kill_supervisor(first)
     r.tree["comfy"]["command"] = r.tree["comfy"]["command"] + ["--fail-on-gpu", fake_uuids("1")[0]]
     r.starts += 1
