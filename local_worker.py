@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import time
 
 import click
 
@@ -22,9 +21,9 @@ from worker import exits
 from worker.config import ConfigError, comfy_base_url, load_config
 from worker.folder_lock import FolderBusy, hold_folder
 from worker.jobs.loop import SlotSpec, Worker, install_drain_signals
-from worker.jobs.recovery import adopt_orphans
-from worker.journal.store import Journal, JournalError
+from worker.journal.store import JournalError
 from worker.logs import setup_logging
+from worker.supervision.startup import check_journal
 
 DEFAULT_COMFY_HOST = "127.0.0.1:8188"
 SLOT = "local"
@@ -53,9 +52,7 @@ def main(api_url: str | None, poll_interval: float | None, max_retries: int | No
     setup_logging("local-worker", config.logging.level, config.logging.format, config.secrets())
     try:
         lock = hold_folder(config.state_path, "state_dir")   # noqa: F841 (held until the process ends)
-        journal = Journal.open(config.state_path)
-        adopt_orphans(journal, [SLOT], time.time())
-        journal.close()
+        check_journal(config, [SLOT])
         worker = Worker(config, SlotSpec(SLOT, f"ComfyUI at {comfy_url}", comfy_url))
     except (FolderBusy, JournalError) as exc:
         click.echo(f"error: {exc}", err=True)

@@ -84,6 +84,17 @@ class ComfyClient:
         items = list(data.get("queue_running") or []) + list(data.get("queue_pending") or [])
         return any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id for item in items)
 
+    def find_prompt(self, prompt_id: str) -> tuple[dict | None, bool]:
+        """(its history entry or None, whether ComfyUI knows ``prompt_id`` at all): history, else the
+        queue, else history once more (it may have finished between the two calls)."""
+        entry = self.history(prompt_id)
+        if entry is not None:
+            return entry, True
+        if self.is_queued(prompt_id):
+            return None, True
+        entry = self.history(prompt_id)
+        return entry, entry is not None
+
     def fetch_output(self, filename: str, subfolder: str, kind: str) -> bytes:
         params = {"filename": filename, "subfolder": subfolder, "type": kind}
         response = self._request("GET", "/view", params=params)

@@ -193,12 +193,10 @@ def recover_stream(stream: EventStream, watch: w.PromptWatch, deps: ExecutionDep
 
 
 def catch_up(watch: w.PromptWatch, deps: ExecutionDeps) -> w.PromptWatch:
-    entry = deps.comfy.history(watch.prompt_id)
-    if entry is None and not deps.comfy.is_queued(watch.prompt_id):
-        entry = deps.comfy.history(watch.prompt_id)     # it may have finished between the two calls
-        if entry is None:
-            raise ComfyUnavailable(f"ComfyUI at {deps.comfy.base_url} does not know the prompt (it restarted "
-                                   f"and lost it) while running {watch.describe_node(watch.current_node)}")
+    entry, known = deps.comfy.find_prompt(watch.prompt_id)
+    if not known:
+        raise ComfyUnavailable(f"ComfyUI at {deps.comfy.base_url} does not know the prompt (it restarted "
+                               f"and lost it) while running {watch.describe_node(watch.current_node)}")
     if entry is not None:
         return w.apply_history(watch, entry)
     log.debug("prompt %s: still queued or running", watch.prompt_id)

@@ -6,7 +6,7 @@ import time
 
 from worker.jobs.errors import ApiUnavailable
 from worker.jobs.webhooks import (JobWebhooks, completed_payload, failed_payload, progress_due,
-                                  progress_payload)
+                                  progress_payload, send_final)
 
 
 class RecordingApi:
@@ -29,11 +29,16 @@ class RecordingApi:
 
 
 def hooks(api, **kw) -> JobWebhooks:
-    sleeps = []
-    h = JobWebhooks(api, "http://gm/api/i2v-webhook/v", "local-v", kw.get("max_retries", 3),
-                    kw.get("progress_interval", 2.0), retry_delay=1.0, sleep=sleeps.append)
-    h.sleeps = sleeps
+    h = JobWebhooks(api, "http://gm/api/i2v-webhook/v", "local-v", kw.get("progress_interval", 2.0))
+    h.sleeps = []
+    h.tries = kw.get("max_retries", 3) + 1
     return h
+
+
+def final(h: JobWebhooks, body: dict):
+    """What the outbox does: stop progress for good, then send the final body with retries."""
+    h.stop_progress()
+    return send_final(h.api, h.target, body, h.tries, 1.0, 30.0, h.sleeps.append)
 
 
 def test_payloads():
@@ -55,7 +60,7 @@ def test_progress_due():
 def test_final_is_retried_on_500_and_delivered_once():
     api = RecordingApi([500, 500, 201])
     h = hooks(api)
-    delivery = h.final(completed_payload("local-v", []))
+    delivery = final(h, completed_payload("local-v", []))
     assert (delivery.outcome, delivery.attempts, delivery.status) == ("delivered", 3, 201)
     assert [c["status"] for c in api.calls] == ["completed"] * 3
     assert h.sleeps[0] < h.sleeps[1]
@@ -64,13 +69,13 @@ def test_final_is_retried_on_500_and_delivered_once():
 def test_permanent_refusal_is_not_retried():
     for status in (400, 403, 404, 413):
         api = RecordingApi([status])
-        delivery = hooks(api).final(failed_payload("local-v", "boom"))
+        delivery = final(hooks(api), failed_payload("local-v", "boom"))
         assert (delivery.outcome, delivery.attempts, len(api.calls)) == ("permanent", 1, 1)
 
 
 def test_network_errors_are_retried_then_given_up():
     api = RecordingApi([ApiUnavailable("down")] * 10)
-    delivery = hooks(api, max_retries=2).final(failed_payload("local-v", "boom"))
+    delivery = final(hooks(api, max_retries=2), failed_payload("local-v", "boom"))
     assert (delivery.outcome, len(api.calls)) == ("gave_up", 3)
 
 
@@ -79,7 +84,7 @@ def test_no_progress_after_final_even_with_slow_progress_in_flight():
     h = hooks(api, progress_interval=0.0)
     for i in range(20):
         h.progress({"percentage": float(i)}, node_changed=True)
-    h.final(completed_payload("local-v", []))
+    final(h, completed_payload("local-v", []))
     h.progress({"percentage": 99.0}, node_changed=True)
     statuses = [c["status"] for c in api.calls]
     assert statuses[-1] == "completed" and statuses.count("completed") == 1
@@ -97,6 +102,6 @@ def test_progress_is_throttled_but_node_changes_pass():
     deadline = time.monotonic() + 5
     while not any(c["progress"]["percentage"] == 3.0 for c in list(api.calls)) and time.monotonic() < deadline:
         time.sleep(0.01)
-    h.final(completed_payload("local-v", []))
+    final(h, completed_payload("local-v", []))
     sent = [c.get("progress", {}).get("percentage") for c in api.calls if c["status"] == "processing"]
     assert 2.0 not in sent and sent[-1] == 3.0

@@ -304,8 +304,7 @@ class Worker:
 
     def webhooks_for(self, job_id: str, video_id: str, callback_url: str) -> JobWebhooks:
         hook = self.config.webhook
-        return JobWebhooks(self.api, callback_url, job_id, hook.max_retries, hook.progress_interval,
-                           hook.retry_delay, hook.timeout,
+        return JobWebhooks(self.api, callback_url, job_id, hook.progress_interval, hook.timeout,
                            fallback_url=callback_for(self.config.api.url, video_id))
 
     def fast_stop_timeout(self) -> float | None:
@@ -336,9 +335,7 @@ class Worker:
         prompt = record.prompt_id or ""
         for attempt in range(1, tries + 1):
             try:
-                if self.comfy.history(prompt) is not None or self.comfy.is_queued(prompt):
-                    return True
-                return self.comfy.history(prompt) is not None    # it may have finished between the two
+                return self.comfy.find_prompt(prompt)[1]
             except ComfyUnavailable as exc:
                 log.warning("Job %s: cannot ask ComfyUI about prompt %s (%s)%s", record.label, prompt,
                             exc.message, "; asking again" if attempt < tries else "")

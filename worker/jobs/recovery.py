@@ -104,13 +104,20 @@ def orphan_moves(open_by_slot: Mapping[str, int], live: Sequence[str]) -> dict[s
     return moves
 
 
-def adopt_orphans(journal: Journal, live: Sequence[str], now: float) -> dict[str, str]:
-    """Move the open jobs of slots that no longer exist to live ones; returns the moves made."""
-    moves = orphan_moves(journal.open_slots(), live)
+def adopt_orphans(journal: Journal, live: Sequence[str], now: float, only: str | None = None,
+                  why: str = "a slot this box no longer has") -> dict[str, str]:
+    """Move the open jobs of slots that are not ``live`` (or of ``only`` that one) to live ones, each to
+    the one with the fewest; returns the moves made."""
+    open_by_slot = journal.open_slots()
+    if only is not None:
+        open_by_slot = {only: open_by_slot[only]} if open_by_slot.get(only) else {}
+    if open_by_slot and not live:
+        log.error("Journal: %d open job(s) of %s stay until the next start (no live slot to take them)",
+                  sum(open_by_slot.values()), ", ".join(sorted(open_by_slot)))
+    moves = orphan_moves(open_by_slot, live)
     for dead, target in moves.items():
         count = journal.reassign([dead], target, now)
-        log.warning("Journal: %d open job(s) of %s, a slot this box no longer has, move to %s", count, dead,
-                    target)
+        log.warning("Journal: %d open job(s) of %s, %s, move to %s", count, dead, why, target)
     return moves
 
 

@@ -5,7 +5,8 @@ per ``progress_interval`` plus once per node change, never retried, and **never 
 webhook** (the server has no state guard: a late progress turns a completed video back to processing).
 The final webhook is ``completed`` with files or ``failed`` with ``error``/``details``; it is retried
 with backoff on 5xx, timeouts and connection errors, and not on 400/403/404/413. All webhooks of a job
-go out in order, one at a time: :class:`JobWebhooks` owns a job's sending.
+go out in order, one at a time: :class:`JobWebhooks` sends a job's progress and stops it for good before
+the final body is written and sent (:func:`send_final`, by :mod:`worker.jobs.outbox`).
 """
 from __future__ import annotations
 
@@ -115,16 +116,15 @@ def send_final(api: GmAnimatoClient, target: CallbackTarget, body: dict, tries: 
 
 
 class JobWebhooks:
-    """Sends one job's webhooks in order. Progress is coalesced in a background thread; ``final``
-    stops progress for good (waiting for any progress in flight), then delivers with retries."""
+    """One job's progress webhooks, coalesced in a background thread, and where its webhooks go.
+    :meth:`stop_progress` ends progress for good (waiting for one in flight); the final webhook is then
+    sent with :func:`send_final` to ``target`` (the outbox does that)."""
 
-    def __init__(self, api: GmAnimatoClient, url: str, job_id: str, max_retries: int,
-                 progress_interval: float, retry_delay: float = 1.0, timeout: float = 30.0,
-                 sleep: Callable[[float], None] = time.sleep, fallback_url: str = "") -> None:
+    def __init__(self, api: GmAnimatoClient, url: str, job_id: str, progress_interval: float,
+                 timeout: float = 30.0, fallback_url: str = "") -> None:
         self.api, self.job_id = api, job_id
         self.target = CallbackTarget(url, fallback_url, job_id)
-        self.max_retries, self.progress_interval = max_retries, progress_interval
-        self.retry_delay, self.timeout, self._sleep = retry_delay, timeout, sleep
+        self.progress_interval, self.timeout = progress_interval, timeout
         self._cond = threading.Condition()
         self._pending: dict | None = None
         self._closed = False
@@ -184,9 +184,3 @@ class JobWebhooks:
         if self._thread.is_alive():
             log.warning("job %s: a progress webhook is still in flight after its own timeout; sending the "
                         "final one", self.job_id)
-
-    def final(self, body: dict, tries: int | None = None, timeout: float | None = None) -> Delivery:
-        """Stop progress, then deliver the final webhook with up to ``1 + max_retries`` attempts."""
-        self.stop_progress()
-        return send_final(self.api, self.target, body, tries or self.max_retries + 1, self.retry_delay,
-                          timeout or self.timeout, self._sleep)

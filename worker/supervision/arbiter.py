@@ -22,6 +22,7 @@ from pathlib import Path
 from worker import exits
 from worker.config import Config
 from worker.exits import describe_status
+from worker.jobs.recovery import adopt_orphans
 from worker.journal.store import Journal, JournalError
 from worker.reports import Command, Down, Report, Up
 from worker.supervision.children import ComfyProcess, SlotPlan, WorkerProcess
@@ -363,26 +364,18 @@ class Supervisor:
     def hand_over_jobs(self, slot: Slot) -> None:
         """A FATAL worker's open jobs move, in the journal, to the live slot with the fewest, whose worker
         is told to take them up; with no live slot they wait for the next start."""
-        live = [s for s in self.slots if s is not slot and not s.fatal]
+        live = {s.name: s for s in self.slots if s is not slot and not s.fatal}
         try:
             journal = Journal.open(self.config.state_path)
         except JournalError as exc:
             log.error("%s: cannot hand its open jobs over: %s", slot.name, exc)
             return
         try:
-            open_by_slot = journal.open_slots()
-            if not open_by_slot.get(slot.name):
-                return
-            if not live:
-                log.error("%s: %d open job(s) stay in the journal until the next start (no live slot to take "
-                          "them)", slot.name, open_by_slot[slot.name])
-                return
-            target = min(live, key=lambda s: open_by_slot.get(s.name, 0))
-            moved = journal.reassign([slot.name], target.name, time.time())
+            moves = adopt_orphans(journal, list(live), time.time(), only=slot.name, why="whose worker is FATAL")
         finally:
             journal.close()
-        log.warning("%s: %d open job(s) of its FATAL worker move to %s", slot.name, moved, target.name)
-        target.worker.send(Command(Down.RECOVER))
+        for target in set(moves.values()):
+            live[target].worker.send(Command(Down.RECOVER))
 
     # ---- probes ----------------------------------------------------------------------------------
     def probe(self, now: float) -> None:
