@@ -332,3 +332,22 @@ def test_a_job_recovered_on_a_slot_that_turns_fatal_is_reported_with_the_reason(
     r.check_promise({vid: "failed"})
     error = [h["body"] for h in own_gma.webhooks(vid) if h["status"] == 201][-1]["error"]
     assert error.startswith("ComfyUI of GPU 0 is FATAL: 2 crashes within"), error
+
+
+@pytest.mark.timeout(150)
+def test_jobs_of_a_worker_gone_fatal_are_taken_over_by_another_slot(own_gma, rig):
+    r = rig(own_gma, gpus="2", supervisor={"max_restarts": 1, "backoff_start": 0.2})
+    sup = r.start(slots=2)
+    vid = long_job(own_gma, 60)
+    wait_until(lambda: r.in_sampler(vid), 30, 0.05, "the sampler running")
+    slot = r.row(vid)["slot"]
+    other = {"gpu0": "gpu1", "gpu1": "gpu0"}[slot]
+    kill_worker(sup, worker_pid(sup, slot), slot)
+    wait_until(lambda: f"following prompt {r.row(vid)['prompt_id']}" in sup.output(), 30, 0.05,
+               "the restarted worker following the prompt")
+    os.kill(worker_pid(sup, slot), signal.SIGKILL)          # a second crash: the worker is FATAL
+    wait_until(lambda: f"{slot}: worker FATAL" in sup.output(), 30, 0.05, "the worker FATAL")
+    r.check_promise({vid: "completed"})
+    assert r.row(vid)["slot"] == other
+    assert f"Journal: 1 open job(s) of {slot}, whose worker is FATAL, move to {other}" in sup.output()
+    stop(sup)

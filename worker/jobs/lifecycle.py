@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from handler.errors import ComfyUnavailable, WorkerError
 from handler.run import ExecutionDeps, ExecutionRequest, Result, resume_job, run_job
 from worker.jobs.api import DELIVERED
-from worker.jobs.recovery import FAIL, LEAVE_OPEN, after_comfy_loss
+from worker.jobs.recovery import FAIL, LEAVE_OPEN, RERUN, Plan, after_comfy_loss
 from worker.jobs.task import Job
 from worker.jobs.webhooks import Delivery, JobWebhooks, completed_payload, failed_payload
 from worker.journal.store import JobRecord
@@ -95,21 +95,21 @@ class JobRun:
             except ComfyUnavailable as exc:
                 worker.comfy_lost()
                 worker.journal.note_error(self.seq, exc.message, worker.clock())
-                plan = self.after_loss()
-                if plan.action == FAIL:
-                    return failed_payload(job.job_id, f"{exc.message} ({plan.reason})" if plan.reason
-                                          else exc.message, exc.details)
+                message, plan = exc.message, self.after_loss()
+                if plan.action == RERUN:
+                    log.warning("Job %s: %s; waiting for ComfyUI to try again (start %d of %d)", job.job_id,
+                                exc.message, self.record.attempts + 1, worker.config.jobs.max_attempts)
+                    if worker.wait_for_comfy(worker.config.comfy.startup_timeout):
+                        log.info("Job %s: ComfyUI is back; trying again", job.job_id)
+                        resume = False
+                        continue
+                    plan = self.after_loss()          # a drain or a FATAL came while it waited, or time ran out
+                    if plan.action == RERUN:
+                        message, plan = worker.comfy_exit or exc.message, Plan(FAIL)
                 if plan.action == LEAVE_OPEN:
                     return None
-                log.warning("Job %s: %s; waiting for ComfyUI to try again (start %d of %d)", job.job_id,
-                            exc.message, self.record.attempts + 1, worker.config.jobs.max_attempts)
-                if not worker.wait_for_comfy(worker.config.comfy.startup_timeout):
-                    if self.after_loss().action == LEAVE_OPEN:
-                        return None
-                    return failed_payload(job.job_id, worker.comfy_exit or exc.message)
-                log.info("Job %s: ComfyUI is back; trying again", job.job_id)
-                resume = False
-                continue
+                return failed_payload(job.job_id, f"{message} ({plan.reason})" if plan.reason else message,
+                                      exc.details)
             except WorkerError as exc:
                 return failed_payload(job.job_id, exc.message, exc.details)
             except Exception as exc:  # a bug of ours: the job is still reported, with the cause
