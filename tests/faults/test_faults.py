@@ -206,12 +206,16 @@ def test_webhook_answered_500_five_times_then_201_and_403_recorded(own_gma, rig)
 
 
 # ---- S3 --------------------------------------------------------------------------------------------
+def job_behind_s3_gate(r, mode: str):
+    """Set the S3 gate (down | forbidden), start the supervisor and queue a short job."""
+    r.gate.set_mode(mode)
+    return r.start(), long_job(r.gma, 3)
+
+
 @pytest.mark.timeout(120)
 def test_s3_unreachable_for_a_while_within_retry_for_then_back(own_gma, rig):
     r = rig(own_gma)
-    r.gate.set_mode("down")
-    sup = r.start()
-    vid = long_job(own_gma, 3)
+    sup, vid = job_behind_s3_gate(r, "down")
     wait_until(lambda: re.search(rf"local-{vid}/\S+: S3 upload of .* failed", sup.output()), 60, 0.05,
                "a failed upload")
     wait_until(lambda: sup.output().count("trying again in") >= 2, 30, 0.05, "two retries")
@@ -223,9 +227,7 @@ def test_s3_unreachable_for_a_while_within_retry_for_then_back(own_gma, rig):
 @pytest.mark.timeout(120)
 def test_s3_refusing_the_bucket_fails_the_job_at_once(own_gma, rig):
     r = rig(own_gma)
-    r.gate.set_mode("forbidden")
-    sup = r.start()
-    vid = long_job(own_gma, 3)
+    sup, vid = job_behind_s3_gate(r, "forbidden")
     started = time.monotonic()
     r.check_promise({vid: "failed"})
     assert time.monotonic() - started < 20
