@@ -34,6 +34,7 @@ class ApiConfig:
     timeout: float = 30.0             # seconds for one GmAnimato request
     auth_retry_interval: float = 60.0  # after a 401, ask again this often (the secret may be fixed server-side)
     backoff_cap: float = 60.0         # longest wait between claims while GmAnimato is unreachable
+    callback_hosts: tuple[str, ...] = ()  # hosts (host or host:port) a task's callback_url may name besides api.url's
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class WebhookConfig:
     timeout: float = 30.0
     expiry: float = 86400.0       # an undelivered final webhook stays in the outbox this long
     outbox_max_delay: float = 300.0  # longest wait between two outbox attempts
+    signing_secret: str = field(default="", repr=False)  # whsec_<base64>: sign webhooks (Standard Webhooks)
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,14 @@ class ComfyConfig:
 
 
 @dataclass(frozen=True)
+class InputsConfig:
+    max_mb: float = 100.0             # one input file (ComfyUI's default --max-upload-size)
+    download_timeout: float = 120.0   # one input download, start to last byte
+    redirect_hosts: tuple[str, ...] = ()  # private hosts an input download may be redirected to
+    treat_as_public: tuple[str, ...] = ()  # tests only: addresses the redirect rule counts as public
+
+
+@dataclass(frozen=True)
 class S3Config:
     endpoint_url: str = ""
     bucket: str = ""
@@ -74,6 +84,7 @@ class S3Config:
 class StorageConfig:
     s3: S3Config = field(default_factory=S3Config)
     retry_for: float = 120.0      # transient S3 failures are retried this long before the job fails
+    base64_max_mb: float = 32.0   # with no bucket: the largest output sent base64 inside the webhook
 
 
 @dataclass(frozen=True)
@@ -82,6 +93,7 @@ class JobsConfig:
     max_attempts: int = 2         # starts of one job, every kind of restart counted
     resume_max_age: float = 1500.0  # claimed longer ago than this: reported failed instead of re-run
     keep_closed: float = 604800.0   # finished journal rows are pruned after this many seconds
+    allowed_node_types: tuple[str, ...] = ()  # node class_types a task's workflow may use (empty: any)
 
 
 @dataclass(frozen=True)
@@ -117,6 +129,7 @@ class Config:
     cpu_fallback: bool = True
     comfy: ComfyConfig = field(default_factory=ComfyConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    inputs: InputsConfig = field(default_factory=InputsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     supervisor: SupervisorConfig = field(default_factory=SupervisorConfig)
     jobs: JobsConfig = field(default_factory=JobsConfig)
@@ -130,7 +143,8 @@ class Config:
 
     def secrets(self) -> tuple[str, ...]:
         """Every secret value, so log output can be scrubbed of them."""
-        values = (self.api.secret, self.storage.s3.access_key_id, self.storage.s3.secret_access_key)
+        values = (self.api.secret, self.storage.s3.access_key_id, self.storage.s3.secret_access_key,
+                  self.webhook.signing_secret)
         return tuple(v for v in values if v)
 
 
@@ -169,6 +183,7 @@ POSITIVE = {"api.poll_interval", "api.timeout", "api.auth_retry_interval", "api.
 NON_NEGATIVE = {"webhook.max_retries", "webhook.retry_delay", "supervisor.healthy_reset",
                 "supervisor.max_restarts", "supervisor.stop_grace", "supervisor.log_backups",
                 "storage.retry_for"}
+POSITIVE |= {"inputs.max_mb", "inputs.download_timeout", "storage.base64_max_mb"}
 
 
 def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
@@ -378,6 +393,25 @@ def _validate(config: Config) -> None:
         raise ConfigError("comfy.attach: mode is attach, so list at least one ComfyUI address")
     for address in config.comfy.attach:
         comfy_base_url(address)
+    if config.webhook.signing_secret:
+        signing_key(config.webhook.signing_secret)
+
+
+def signing_key(secret: str) -> bytes:
+    """``whsec_<base64>`` (Standard Webhooks) -> the HMAC key bytes, or a ConfigError that does not
+    quote the secret."""
+    import base64
+    import binascii
+
+    if not secret.startswith("whsec_"):
+        raise ConfigError("webhook.signing_secret: must have the form whsec_<base64> (Standard Webhooks)")
+    try:
+        key = base64.b64decode(secret[len("whsec_"):], validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    if len(key) < 16:
+        raise ConfigError("webhook.signing_secret: the part after whsec_ must be base64 of at least 16 bytes")
+    return key
 
 
 def _validate_url(dotted: str, url: str) -> None:
