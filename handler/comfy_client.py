@@ -3,18 +3,76 @@
 Every network failure becomes :class:`ComfyUnavailable` (retry may help); a ``400`` from ``/prompt``
 becomes :class:`PromptRejected` whose message quotes ``error.message``, ``error.details`` and every
 ``node_errors`` entry, built by the pure :func:`describe_rejection`.
+
+Answers are read in bounded memory (:mod:`handler.bounded`): JSON up to ``MAX_JSON_BYTES`` (a real
+``/object_info`` is tens of MB), error bodies up to a few KB; an output file is never read whole:
+:meth:`ComfyClient.open_output` gives a stream (:class:`OutputBody`) that a store reads part by part.
 """
 from __future__ import annotations
 
+import io
 import logging
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import requests
 
+from handler.bounded import error_text, read_json_capped
 from handler.errors import ComfyUnavailable, InputError, PromptRejected, describe_network_error
+from handler.media import HEAD_BYTES
+from handler.untrusted import safe_text
 
 log = logging.getLogger(__name__)
+
+MAX_JSON_BYTES = 64 * 1024 * 1024
+MAX_ERROR_BYTES = 16 * 1024
+
+
+class OutputBody(io.RawIOBase):
+    """An output file as ComfyUI's ``/view`` streams it: ``head`` (its first bytes, read at once, to tell
+    what it is) and ``read(n)``. A connection lost in the middle raises :class:`ComfyUnavailable`."""
+
+    def __init__(self, response: requests.Response, label: str) -> None:
+        super().__init__()
+        self._raw = response.raw
+        self._label = label
+        self.head = self._read(HEAD_BYTES)
+        self._pending = self.head
+        self.size = len(self.head)
+
+    def readable(self) -> bool:
+        return True
+
+    def _read(self, amount: int) -> bytes:
+        try:
+            return self._raw.read(amount, decode_content=True) or b""
+        except Exception as exc:          # urllib3's protocol and timeout errors
+            raise ComfyUnavailable(f"ComfyUI broke off sending {self._label} ({type(exc).__name__})") from exc
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to ``size`` bytes (all that is left with -1): short only at the end of the file."""
+        parts, wanted = [], size if size is not None and size >= 0 else None
+        while wanted is None or wanted > 0:
+            chunk = bytearray(min(wanted or 1024 * 1024, 1024 * 1024))
+            count = self.readinto(chunk)
+            if not count:
+                break
+            parts.append(bytes(chunk[:count]))
+            if wanted is not None:
+                wanted -= count
+        return b"".join(parts)
+
+    def readinto(self, buffer: Any) -> int:
+        if self._pending:
+            count = min(len(buffer), len(self._pending))
+            buffer[:count] = self._pending[:count]
+            self._pending = self._pending[count:]
+            return count
+        data = self._read(len(buffer))
+        buffer[: len(data)] = data
+        self.size += len(data)
+        return len(data)
 
 
 class ComfyClient:
@@ -31,6 +89,8 @@ class ComfyClient:
 
     def _request(self, method: str, path: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
+        kwargs.setdefault("stream", True)           # bodies are read with a cap (or streamed)
+        kwargs.setdefault("allow_redirects", False)
         try:
             return self.session.request(method, self.base_url + path, **kwargs)
         except requests.RequestException as exc:
@@ -39,49 +99,60 @@ class ComfyClient:
     def probe(self, timeout: float = 3.0) -> bool:
         """True when ``GET /system_stats`` answers 200; never raises."""
         try:
-            return self._request("GET", "/system_stats", timeout=timeout).status_code == 200
+            with self._request("GET", "/system_stats", timeout=timeout) as response:
+                return response.status_code == 200
         except ComfyUnavailable:
             return False
 
     def system_stats(self) -> dict:
-        return self._json(self._request("GET", "/system_stats"), "/system_stats")
+        with self._request("GET", "/system_stats") as response:
+            data = self._json(response, "/system_stats")
+        return data if isinstance(data, dict) else {}
 
     def upload_input(self, name: str, data: bytes) -> str:
         """Store ``data`` in ComfyUI's input folder as exactly ``name`` (overwriting); returns the name."""
         response = self._request("POST", "/upload/image", files={"image": (name, data)},
                                  data={"overwrite": "true", "type": "input"})
-        if response.status_code == 400:
-            raise InputError(f"ComfyUI refused the input file name {name!r}")
-        if response.status_code == 413:
-            raise InputError(f"input {name} ({len(data)} bytes) is larger than ComfyUI's upload limit")
-        body = self._json(response, "/upload/image")
-        stored = body.get("name")
+        with response:
+            if response.status_code == 400:
+                raise InputError(f"ComfyUI refused the input file name {name!r}")
+            if response.status_code == 413:
+                raise InputError(f"input {name} ({len(data)} bytes) is larger than ComfyUI's upload limit")
+            body = self._json(response, "/upload/image")
+        stored = body.get("name") if isinstance(body, dict) else None
         if stored != name:
-            raise InputError(f"ComfyUI stored input {name!r} as {stored!r}; the workflow would not find it")
+            raise InputError(f"ComfyUI stored input {name!r} as {safe_text(stored, 80)!r}; the workflow would not "
+                             "find it")
         return stored
 
     def queue_prompt(self, workflow: Mapping[str, Any], client_id: str, prompt_id: str) -> dict:
         """``POST /prompt`` with our own ``prompt_id``; returns ``node_errors`` of an accepted prompt."""
         body = {"prompt": workflow, "client_id": client_id, "prompt_id": prompt_id}
-        response = self._request("POST", "/prompt", json=body)
-        if response.status_code == 400:
-            raise PromptRejected(*describe_rejection(_maybe_json(response)))
-        data = self._json(response, "/prompt")
+        with self._request("POST", "/prompt", json=body) as response:
+            if response.status_code == 400:
+                raise PromptRejected(*describe_rejection(_maybe_json(response)))
+            data = self._json(response, "/prompt")
+        data = data if isinstance(data, dict) else {}
         if data.get("prompt_id") not in (None, prompt_id):
-            raise ComfyUnavailable(f"ComfyUI queued the prompt as {data.get('prompt_id')!r}, "
+            raise ComfyUnavailable(f"ComfyUI queued the prompt as {safe_text(data.get('prompt_id'), 80)!r}, "
                                    f"not the id {prompt_id!r} we chose")
-        return data.get("node_errors") or {}
+        errors = data.get("node_errors")
+        return errors if isinstance(errors, dict) else {}
 
     def history(self, prompt_id: str) -> dict | None:
         """The history entry of a finished prompt, or None while it is queued, running or unknown."""
-        data = self._json(self._request("GET", f"/history/{prompt_id}"), "/history")
+        with self._request("GET", f"/history/{prompt_id}") as response:
+            data = self._json(response, "/history")
         entry = data.get(prompt_id) if isinstance(data, dict) else None
         return entry if isinstance(entry, dict) else None
 
     def is_queued(self, prompt_id: str) -> bool:
         """True when ``prompt_id`` is running or pending in ComfyUI's queue."""
-        data = self._json(self._request("GET", "/queue"), "/queue")
-        items = list(data.get("queue_running") or []) + list(data.get("queue_pending") or [])
+        with self._request("GET", "/queue") as response:
+            data = self._json(response, "/queue")
+        data = data if isinstance(data, dict) else {}
+        items = [item for key in ("queue_running", "queue_pending") if isinstance(data.get(key), list)
+                 for item in data[key]]
         return any(isinstance(item, list) and len(item) > 1 and item[1] == prompt_id for item in items)
 
     def find_prompt(self, prompt_id: str) -> tuple[dict | None, bool]:
@@ -95,34 +166,46 @@ class ComfyClient:
         entry = self.history(prompt_id)
         return entry, entry is not None
 
-    def fetch_output(self, filename: str, subfolder: str, kind: str) -> bytes:
+    @contextmanager
+    def open_output(self, filename: str, subfolder: str, kind: str) -> Iterator[OutputBody]:
+        """An output file as a stream (closed when the block ends)."""
         params = {"filename": filename, "subfolder": subfolder, "type": kind}
-        response = self._request("GET", "/view", params=params)
-        if response.status_code == 404:
-            raise ComfyUnavailable(f"ComfyUI has no output file {subfolder + '/' if subfolder else ''}"
-                                   f"{filename} (GET /view answered 404)")
-        self._check(response, "/view")
-        return response.content
+        shown = safe_text(f"{subfolder + '/' if subfolder else ''}{filename}", 300)
+        with self._request("GET", "/view", params=params) as response:
+            if response.status_code == 404:
+                raise ComfyUnavailable(f"ComfyUI has no output file {shown} (GET /view answered 404)")
+            self._check(response, "/view")
+            yield OutputBody(response, shown)
+
+    def fetch_output(self, filename: str, subfolder: str, kind: str) -> bytes:
+        """An output file whole (tests and small files only: :meth:`open_output` streams)."""
+        with self.open_output(filename, subfolder, kind) as body:
+            return body.read()
 
     def cancel(self, prompt_id: str) -> None:
         """Stop ``prompt_id`` whether it runs (interrupt) or still waits (queue delete); never raises."""
         try:
-            self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=1)
-            self._request("POST", "/interrupt", json={"prompt_id": prompt_id}, timeout=1)
+            self._request("POST", "/queue", json={"delete": [prompt_id]}, timeout=1).close()
+            self._request("POST", "/interrupt", json={"prompt_id": prompt_id}, timeout=1).close()
         except ComfyUnavailable:
             pass
 
     def _json(self, response: requests.Response, what: str) -> Any:
         self._check(response, what)
         try:
-            return response.json()
+            return read_json_capped(response, MAX_JSON_BYTES)
         except ValueError as exc:
-            raise ComfyUnavailable(f"ComfyUI {what} answered non-JSON ({response.text[:80]!r})") from exc
+            raise ComfyUnavailable(f"ComfyUI {what} answered {exc}") from None
+        except requests.RequestException as exc:
+            raise ComfyUnavailable(f"ComfyUI {what} broke off its answer ({describe_network_error(exc)})") from exc
 
     def _check(self, response: requests.Response, what: str) -> None:
         if response.status_code >= 400:
             raise ComfyUnavailable(f"ComfyUI {what} answered HTTP {response.status_code}: "
-                                   f"{response.text[:200]!r}")
+                                   f"{safe_text(error_text(response, MAX_ERROR_BYTES), 200)!r}")
+        if 300 <= response.status_code < 400:
+            raise ComfyUnavailable(f"ComfyUI {what} answered a redirect (HTTP {response.status_code}); "
+                                   "is the address a ComfyUI?")
 
 
 def describe_rejection(body: Any) -> tuple[str, list[str]]:
@@ -158,6 +241,6 @@ def node_error_lines(node_errors: Any) -> list[str]:
 
 def _maybe_json(response: requests.Response) -> Any:
     try:
-        return response.json()
-    except ValueError:
+        return read_json_capped(response, MAX_ERROR_BYTES * 64)
+    except (ValueError, requests.RequestException):
         return None

@@ -25,8 +25,9 @@ from handler import outputs as out
 from handler import watch as w
 from handler.comfy_client import ComfyClient, node_error_lines
 from handler.comfy_events import EventStream
-from handler.errors import ComfyUnavailable, ExecutionFailed, NoVideoProduced
-from handler.inputs import load_input
+from handler import media
+from handler.errors import ComfyUnavailable, ExecutionFailed, NoVideoProduced, PermanentError
+from handler.inputs import InputRules, load_input
 from handler.storage import OutputStore, store_with_retry
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class ExecutionDeps:
     storage_retry_for: float = 120.0
     client_id: str = field(default_factory=lambda: f"gmanimato-worker-{uuid.uuid4().hex[:12]}")
     receive_tick: float = 0.25
+    input_rules: InputRules = field(default_factory=InputRules)
 
 
 @dataclass(frozen=True)
@@ -119,7 +121,7 @@ def resume_job(request: ExecutionRequest, deps: ExecutionDeps) -> Result:
 def upload_inputs(request: ExecutionRequest, deps: ExecutionDeps) -> None:
     for item in request.inputs:
         stop_if_aborted(deps, "before uploading inputs")
-        data = load_input(item.name, item.source, deps.session)
+        data = load_input(item.name, item.source, deps.session, deps.input_rules)
         deps.comfy.upload_input(item.name, data)
         log.debug("%s: uploaded input %s (%d bytes)", request.label, item.name, len(data))
 
@@ -218,18 +220,54 @@ def confirm_outputs(watch: w.PromptWatch, deps: ExecutionDeps) -> list[out.Outpu
     return out.collect_outputs(watch.executed, history_outputs if isinstance(history_outputs, dict) else None)
 
 
+class UnusableOutput(PermanentError):
+    """An output file that must not be delivered as the video (empty, or not an MP4/WebM)."""
+
+
 def store_outputs(refs: list[out.OutputRef], request: ExecutionRequest, deps: ExecutionDeps,
                   node_errors: Mapping[str, Any]) -> list[dict]:
-    if not any(ref.is_video for ref in refs):
-        skipped = node_error_lines(node_errors)
-        raise NoVideoProduced(out.describe_missing_video(refs) +
-                              (f" (ComfyUI skipped outputs: {'; '.join(skipped)})" if skipped else ""),
-                              skipped)
-    files = []
-    for ref in refs:
-        stop_if_aborted(deps, f"before storing {ref.filename}")
-        data = deps.comfy.fetch_output(ref.filename, ref.subfolder, ref.type)
-        files.append(store_with_retry(deps.store, request.key_prefix, ref.delivery_name, data,
-                                      deps.storage_retry_for, deps.stop_requested))
-        log.debug("%s: stored %s (%d bytes)", request.label, ref.delivery_name, len(data))
+    """Store every safe output (videos first), streamed from ComfyUI; a file with an unsafe name or a
+    ``type`` other than ``output``, or a "video" that is empty or not MP4/WebM, is set aside and named
+    in the log. No video left: :class:`NoVideoProduced` saying why."""
+    kept, set_aside = out.screen(refs)
+    reasons = [f"{ref.shown}: {why}" for ref, why in set_aside]
+    for line in reasons:
+        log.warning("%s: output set aside, not fetched: %s", request.label, line)
+    if not any(ref.is_video for ref in kept):
+        return _no_video(refs, reasons, node_errors)
+    files: list[dict] = []
+    for ref in kept:
+        stop_if_aborted(deps, f"before storing {ref.delivery_name}")
+        try:
+            files.append(store_with_retry(deps.store, request.key_prefix, ref.delivery_name,
+                                          _opener(deps, ref), deps.storage_retry_for, deps.stop_requested,
+                                          content_type=lambda body: media.content_type(body.head)))
+        except UnusableOutput as exc:
+            log.warning("%s: output set aside: %s", request.label, exc.message)
+            reasons.append(exc.message)
+            continue
+        log.debug("%s: stored %s", request.label, ref.delivery_name)
+    if not any(entry["filename"].endswith(out.VIDEO_EXTENSIONS) for entry in files):
+        return _no_video(refs, reasons, node_errors)
     return files
+
+
+def _opener(deps: ExecutionDeps, ref: out.OutputRef):
+    """Opens the file's stream; a video must start like an MP4/WebM, and be more than its head."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def opened():
+        with deps.comfy.open_output(ref.filename, ref.subfolder, ref.type) as body:
+            if ref.is_video and media.sniff(body.head) not in media.VIDEO_KINDS:
+                raise UnusableOutput(f"{ref.shown} is not an MP4/WebM video ({media.describe_head(body.head)})")
+            yield body
+    return opened
+
+
+def _no_video(refs: list[out.OutputRef], reasons: list[str], node_errors: Mapping[str, Any]) -> list[dict]:
+    skipped = node_error_lines(node_errors)
+    message = out.describe_missing_video([r for r in refs if r.type == "output"]) if not reasons else \
+        "workflow produced no deliverable video: " + "; ".join(reasons[:5])
+    raise NoVideoProduced(message + (f" (ComfyUI skipped outputs: {'; '.join(skipped)})" if skipped else ""),
+                          reasons + skipped)

@@ -6,6 +6,8 @@ worker need not wait for the ``executing`` ``node: null`` frame that follows Com
 """
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -79,7 +81,9 @@ def _on_executing(watch: PromptWatch, data: dict) -> PromptWatch:
 def _on_progress(watch: PromptWatch, data: dict) -> PromptWatch:
     try:
         value, maximum = float(data.get("value", 0)), float(data.get("max", 0))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        return watch
+    if not (math.isfinite(value) and math.isfinite(maximum)):
         return watch
     node = data.get("node")
     return replace(watch, progress=prog.on_node_progress(watch.progress, node, value, maximum))

@@ -2,7 +2,9 @@
 
 ``2025-12-13 10:30:05 - local-worker - INFO - Received task: clxxxx123``: the second field names the
 process (``local-worker``, ``supervisor``, ``worker-gpu0``). Every record passes a filter that replaces
-each configured secret with ``***``, so a secret cannot reach a log even by accident.
+each configured secret with ``***``, so a secret cannot reach a log even by accident, and makes
+the message safe (:func:`handler.untrusted.safe_text`): one line, control characters escaped, no
+credentials or query strings in URLs, so text from outside can neither forge a line nor leak a token.
 """
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ import json
 import logging
 import sys
 from collections.abc import Iterable
+
+from handler.untrusted import safe_text, scrub_urls
 
 TEXT_FORMAT = "%(asctime)s - %(procname)s - %(levelname)s - %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -26,7 +30,8 @@ class ProcessNameFilter(logging.Filter):
 
 
 class RedactFilter(logging.Filter):
-    """Replaces every secret in the rendered message (and exception text) with ``***``."""
+    """Replaces every secret in the rendered message (and exception text) with ``***``, and makes the
+    message one safe line."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
         super().__init__()
@@ -38,11 +43,10 @@ class RedactFilter(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if self.secrets:
-            record.msg = self.redact(record.getMessage())
-            record.args = None
-            if record.exc_info and not record.exc_text:
-                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+        record.msg = safe_text(self.redact(record.getMessage()))
+        record.args = None
+        if record.exc_info and not record.exc_text:
+            record.exc_text = scrub_urls(self.redact(logging.Formatter().formatException(record.exc_info)))
         return True
 
 

@@ -25,9 +25,11 @@ def comfy_port(tmp_path_factory):
         proc.kill_group()
 
 
-def start_worker(processes, tmp_path, api_url: str, comfy_port: int, secret: str = SECRET, name="worker"):
+def start_worker(processes, tmp_path, api_url: str, comfy_port: int, secret: str = SECRET, name="worker",
+                 callback_hosts=()):
     tree = base_config(api_url, tmp_path, comfy={"mode": "attach", "attach": [f"127.0.0.1:{comfy_port}"]})
     tree["api"]["secret"] = secret
+    tree["api"]["callback_hosts"] = list(callback_hosts)
     config = write_config(tmp_path / f"{name}.yaml", tree)
     return processes.start(name, [sys.executable, "local_worker.py", "--config", str(config)])
 
@@ -141,7 +143,7 @@ def test_bad_callback_falls_back_to_the_derived_url(own_gmanimato, comfy_port, p
     if reachable:
         gma.faults(webhook={"*:final": [308]})
     vid = gma.add_job(template="i2v")
-    worker = start_worker(processes, tmp_path, gma.url, comfy_port)
+    worker = start_worker(processes, tmp_path, gma.url, comfy_port, callback_hosts=["127.0.0.2"])
     rows = gma.wait_final([vid])
     assert rows[vid]["status"] == "completed"
     why = "answered a redirect (HTTP 308)" if reachable else "is unreachable"

@@ -67,3 +67,18 @@ def test_webhook_verdicts(status, verdict):
 def test_a_500_that_the_body_caused_is_permanent(error, verdict):
     assert webhook_verdict(500, error) == verdict
     assert webhook_verdict(503, error) == RETRY
+
+
+def test_lost_tasks_back_off_while_they_keep_coming_and_a_job_resets():
+    state = pacing()
+    delays = []
+    for _ in range(8):
+        state, decision = pc.after_claim(state, pc.LOST, random.Random(3))
+        delays.append(decision.delay)
+    assert delays[0] <= state.poll_interval                 # the first: within poll_interval
+    assert delays[3] > 3 * state.poll_interval              # then it grows ...
+    assert max(delays) <= state.backoff_cap * 1.2           # ... up to the cap
+    state, decision = pc.after_claim(state, pc.JOB)         # a reported bad task is a job: at once
+    assert decision.delay == 0.0 and state.failures == 0
+    state, decision = pc.after_claim(state, pc.LOST, random.Random(3))
+    assert decision.delay <= state.poll_interval

@@ -35,7 +35,7 @@ class FlakyStore:
         self.errors = list(errors)
         self.calls = 0
 
-    def store(self, key_prefix, filename, data):
+    def store(self, key_prefix, filename, data, content_type=""):
         self.calls += 1
         if self.errors:
             raise self.errors.pop(0)

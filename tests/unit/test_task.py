@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.jobs.task import TaskError, callback_for, parse_task
+from worker.jobs.task import TaskError, TaskRules, callback_for, parse_task
 
 API = "http://gm.example:5173"
 TASKS = json.loads((Path(__file__).parents[1] / "fixtures" / "tasks.json").read_text())
@@ -18,7 +18,8 @@ def task(name: str = "task-i2v-with-callback") -> dict:
 
 
 def test_current_shape_with_callback():
-    job = parse_task(task(), API)
+    job = parse_task(task(), TaskRules(API, callback_hosts=("127.0.0.2:5173",)))
+    assert job.notes == ()
     assert job.job_id == "local-capi2vwithcallback"
     assert job.video_id == "capi2vwithcallback"
     assert job.callback_url == "http://127.0.0.2:5173/api/i2v-webhook/capi2vwithcallback"
@@ -54,7 +55,7 @@ def test_early_shape_with_workflow_runs():
     wf = task()["input"]["workflow"]
     early = {"id": "vid1", "job_id": "local-vid1", "original_image_url": "http://img/x.png", "prompt": "p",
              "tags": [], "callback_url": "http://gm/api/i2v-webhook/vid1", "workflow": wf}
-    job = parse_task(early, API)
+    job = parse_task(early, TaskRules(API, callback_hosts=("gm",)))
     assert (job.job_id, job.video_id, job.shape) == ("local-vid1", "vid1", "early")
     assert job.images[0].name == "vid1.png" and job.images[0].source == "http://img/x.png"
     assert job.callback_url == "http://gm/api/i2v-webhook/vid1"
@@ -105,3 +106,96 @@ def test_unidentifiable_tasks_are_not_reportable(bad, message):
     with pytest.raises(TaskError, match=message) as info:
         parse_task(bad, API)
     assert not info.value.reportable
+
+
+# ---- hostile tasks --------------------------------------------------------------------------------
+
+def test_callback_on_another_origin_is_set_aside_with_a_note():
+    t = task()
+    t["input"]["callback_url"] = "http://user:pw@evil.example/collect?token=1"
+    job = parse_task(t, API)
+    assert job.callback_url == callback_for(API, "capi2vwithcallback")
+    assert len(job.notes) == 1 and "evil.example/collect" in job.notes[0]
+    assert "pw" not in job.notes[0] and "token" not in job.notes[0]
+
+
+@pytest.mark.parametrize("url, allowed", [
+    ("http://gm.example:5173/api/i2v-webhook/v", True),
+    ("https://gm.example:5173/api/i2v-webhook/v", False),      # another scheme is another origin
+    ("http://gm.example:5174/api/i2v-webhook/v", False),
+    ("http://gm.example.evil:5173/api/i2v-webhook/v", False),
+    ("http://public.example/api/i2v-webhook/v", True),           # listed by host
+    ("https://proxy.example:8443/x", True),                       # listed by host:port
+    ("https://proxy.example/x", False),
+])
+def test_callback_origin_rule(url, allowed):
+    rules = TaskRules(API, callback_hosts=("public.example", "proxy.example:8443"))
+    t = task()
+    t["input"]["callback_url"] = url
+    assert (parse_task(t, rules).callback_url == url) is allowed
+
+
+@pytest.mark.parametrize("job_id", ["local-../../../admin/x", "local-q?x=1", "local-a/b", "local-a b",
+                                    "local-\nINFO fake", "x" * 300])
+def test_ids_that_would_steer_a_url_are_refused_unreportably(job_id):
+    t = task("task-i2v-no-callback")
+    t["id"] = job_id
+    with pytest.raises(TaskError, match="not an id GmAnimato issues") as info:
+        parse_task(t, API)
+    assert not info.value.reportable
+
+
+def test_early_job_id_dot_dot_is_refused_but_reported_under_the_video_id():
+    early = {"id": "vid1", "job_id": "..", "original_image_url": "http://img/x.png", "workflow": {}}
+    with pytest.raises(TaskError, match="job_id '..' is not an id") as info:
+        parse_task(early, API)
+    assert info.value.reportable and info.value.job_id == "local-vid1"
+    assert info.value.callback_url == f"{API}/api/i2v-webhook/vid1"
+
+
+def test_early_video_id_with_a_slash_is_refused():
+    with pytest.raises(TaskError, match="no usable video id"):
+        parse_task({"id": "../admin", "job_id": "local-x", "original_image_url": "http://i/x.png"}, API)
+
+
+def test_video_id_from_an_image_name_must_be_an_issued_id():
+    t = task()
+    t["id"] = "weird"
+    t["input"]["images"][0]["name"] = "..%2f.png"
+    with pytest.raises(TaskError, match="does not start with"):
+        parse_task(t, API)
+
+
+def test_deep_nesting_is_refused_and_reported():
+    t = task("task-i2v-no-callback")
+    deep: list = []
+    for _ in range(200):
+        deep = [deep]
+    t["input"]["workflow"]["44"]["inputs"]["extra"] = deep
+    with pytest.raises(TaskError, match="deeper than 64") as info:
+        parse_task(t, API)
+    assert info.value.reportable and info.value.job_id == "local-capi2vnocallback"
+
+
+def test_control_characters_in_image_names_are_refused():
+    t = task()
+    t["input"]["images"][0]["name"] = "a.png\n2026-01-01 00:00:00 - local-worker - INFO - forged"
+    with pytest.raises(TaskError, match="plain file name") as info:
+        parse_task(t, API)
+    assert "\n" not in str(info.value)
+
+
+def test_allowed_node_types_limit_the_workflow():
+    t = task("task-i2v-no-callback")
+    types = {node["class_type"] for node in t["input"]["workflow"].values()}
+    assert parse_task(t, TaskRules(API, allowed_node_types=frozenset(types))).job_id
+    narrower = frozenset(types - {"WanMoeKSampler"})
+    with pytest.raises(TaskError, match="'WanMoeKSampler', which jobs.allowed_node_types does not allow") as info:
+        parse_task(t, TaskRules(API, allowed_node_types=narrower))
+    assert info.value.reportable
+
+
+def test_a_task_without_input_but_with_an_issued_id_is_reported():
+    with pytest.raises(TaskError, match="neither an 'input'") as info:
+        parse_task({"id": "local-abc"}, API)
+    assert info.value.reportable and info.value.callback_url == f"{API}/api/i2v-webhook/abc"

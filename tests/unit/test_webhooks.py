@@ -18,7 +18,7 @@ class RecordingApi:
         self.delay = delay
         self.lock = threading.Lock()
 
-    def post_webhook(self, url, body, timeout=None):
+    def post_webhook(self, url, body, timeout=None, message_id=""):
         time.sleep(self.delay)
         with self.lock:
             self.calls.append(body)

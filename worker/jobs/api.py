@@ -6,17 +6,30 @@
 ``/login``. ``post_webhook`` returns a :class:`WebhookAnswer` (status and, for errors, GmAnimato's
 ``error`` text); :func:`webhook_verdict` (pure) says whether an answer is delivered, permanent or worth
 retrying. Each thread gets its own HTTP session (requests' sessions are not thread-safe).
+
+Every answer is read in bounded memory (:mod:`handler.bounded`): a claim answer up to
+``MAX_TASK_BYTES`` (it carries base64 images), a webhook answer up to ``MAX_ANSWER_BYTES``. A 200 claim
+answer that is an HTML page is a misconfiguration (:class:`AuthError`); one that is not a readable JSON
+task (truncated, malformed, too deep, too large) is a job claimed and lost: :class:`LostTask` carries
+the ids that could still be read from its head, so the job can be reported failed.
 """
 from __future__ import annotations
 
+import json
 import logging
+import re
 import threading
+import time
 from typing import Any, NamedTuple
 
 import requests
 
+from handler.bounded import TooLarge, describe_size, error_text, read_capped
 from handler.errors import describe_network_error
-from worker.jobs.errors import ApiRefused, ApiUnavailable
+from handler.untrusted import display_url, safe_text
+from worker.jobs import signing
+from worker.jobs.errors import ApiRefused, ApiUnavailable, LostTask
+from worker.jobs.task import salvage_ids
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +38,9 @@ DELIVERED, PERMANENT, RETRY = "delivered", "permanent", "retry"
 # A 500 whose error is one of these is the route failing on the body itself (contract §2): sending the
 # same body again fails the same way. Any other 500 (a database error) may pass.
 PERMANENT_500 = ("SyntaxError", "TypeError")
+MAX_TASK_BYTES = 256 * 1024 * 1024     # a claim answer: the workflow and, by default, base64 images
+MAX_ANSWER_BYTES = 64 * 1024           # any other answer: GmAnimato's are a few hundred bytes
+_LEADING_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"([^"\\]{1,200})"')
 
 
 class WebhookAnswer(NamedTuple):
@@ -49,9 +65,11 @@ class ServerMisconfigured(ApiRefused):
 
 class GmAnimatoClient:
     def __init__(self, base_url: str, secret: str, timeout: float = 30.0,
-                 session: requests.Session | None = None) -> None:
+                 session: requests.Session | None = None, signing_key: bytes = b"") -> None:
         self.base_url = base_url.rstrip("/")
+        self.shown_url = display_url(self.base_url)
         self._secret = secret
+        self._signing_key = signing_key
         self.timeout = timeout
         self._shared = session
         self._local = threading.local()
@@ -66,45 +84,64 @@ class GmAnimatoClient:
         return self._local.session
 
     def __repr__(self) -> str:
-        return f"GmAnimatoClient({self.base_url!r})"
+        return f"GmAnimatoClient({self.shown_url!r})"
 
-    def claim(self) -> dict | None:
-        """Claim the oldest queued job: its task JSON, or None when the queue is empty."""
+    def claim(self) -> Any:
+        """Claim the oldest queued job: its decoded task JSON (any JSON value: the caller checks it), or
+        None when the queue is empty. Raises :class:`LostTask` for a 200 answer that cannot be read."""
         url = self.base_url + TASK_PATH
         try:
             response = self.session.get(url, headers={"x-worker-secret": self._secret},
-                                        timeout=self.timeout, allow_redirects=False)
+                                        timeout=self.timeout, allow_redirects=False, stream=True)
         except requests.RequestException as exc:
-            raise ApiUnavailable(f"GmAnimato at {self.base_url} is unreachable ({describe_network_error(exc)})") from exc
-        return self._claim_result(response)
+            raise ApiUnavailable(f"GmAnimato at {self.shown_url} is unreachable "
+                                 f"({describe_network_error(exc)})") from exc
+        with response:
+            return self._claim_result(response)
 
-    def _claim_result(self, response: requests.Response) -> dict | None:
+    def _claim_result(self, response: requests.Response) -> Any:
         status = response.status_code
+        if status == 200:
+            return self._read_task(response)
         if status == 404:
             return None
         if status == 401:
             raise AuthError("GmAnimato answered 401 Unauthorized: api.secret (WORKER_TASK_SECRET) does "
                             "not match the server's WORKER_TASK_SECRET", status)
         if 300 <= status < 400:
-            raise AuthError(f"GET {TASK_PATH} was redirected to {response.headers.get('Location', '?')}: "
-                            f"is api.url ({self.base_url}) the GmAnimato origin?", status)
+            raise AuthError(f"GET {TASK_PATH} was redirected to {display_url(response.headers.get('Location', '?'))}: "
+                            f"is api.url ({self.shown_url}) the GmAnimato origin?", status)
         if status >= 500:
             self._raise_server_error(response)
         if status == 429:
             raise ApiUnavailable(f"GmAnimato answered HTTP {status} to the task claim: {_body(response)}")
-        if status != 200:
-            raise ApiUnavailable(f"GmAnimato answered HTTP {status} to the task claim: {_body(response)}")
+        raise ApiUnavailable(f"GmAnimato answered HTTP {status} to the task claim: {_body(response)}")
+
+    def _read_task(self, response: requests.Response) -> Any:
+        """A 200 claim answer: the decoded task, an HTML page (AuthError), or LostTask."""
         try:
-            return response.json()
-        except ValueError:
-            raise AuthError(f"GET {TASK_PATH} answered 200 without JSON: is api.url ({self.base_url}) "
-                            "the GmAnimato origin?", status) from None
+            raw = read_capped(response, MAX_TASK_BYTES, time.monotonic() + max(60.0, 4 * self.timeout))
+        except TooLarge as exc:
+            raise LostTask(f"the claimed task is larger than {describe_size(MAX_TASK_BYTES)}; it was not read",
+                           _salvaged(exc.head, self.base_url)) from None
+        except Exception as exc:       # too slow, or the connection broke in the middle of the task
+            raise LostTask(f"the claimed task could not be read whole ({type(exc).__name__})", {}) from None
+        if looks_like_html(raw, response.headers.get("Content-Type", "")):
+            raise AuthError(f"GET {TASK_PATH} answered 200 with an HTML page, not a task: is api.url "
+                            f"({self.shown_url}) the GmAnimato origin (not a login page or a proxy)?", 200)
+        try:
+            return json.loads(raw)
+        except (ValueError, RecursionError) as exc:
+            why = "nested too deep to decode" if isinstance(exc, RecursionError) else \
+                f"not valid JSON ({len(raw)} bytes{', cut short' if raw.rstrip()[-1:] not in (b'}', b']') else ''})"
+            raise LostTask(f"the claimed task is {why}", _salvaged(raw, self.base_url)) from None
 
     def _raise_server_error(self, response: requests.Response) -> None:
         """Map a 5xx of the task route: a known server setup fault, or a transient error."""
         try:
-            error = str(response.json().get("error", ""))
-        except (ValueError, AttributeError):
+            doc = json.loads(error_text(response, MAX_ANSWER_BYTES))
+            error = safe_text(doc.get("error", ""), 300) if isinstance(doc, dict) else ""
+        except (ValueError, RecursionError):
             error = ""
         if error == "Worker secret not configured":
             raise ServerMisconfigured("GmAnimato has no WORKER_TASK_SECRET configured (HTTP 500); "
@@ -123,17 +160,25 @@ class GmAnimatoClient:
         raise ApiUnavailable(f"GmAnimato answered HTTP {response.status_code} to the task claim: "
                              f"{_body(response)}")
 
-    def post_webhook(self, url: str, body: dict[str, Any], timeout: Any = None) -> WebhookAnswer:
-        """POST one webhook; returns its answer. Network errors raise :class:`ApiUnavailable`."""
+    def post_webhook(self, url: str, body: dict[str, Any], timeout: Any = None,
+                     message_id: str = "") -> WebhookAnswer:
+        """POST one webhook; returns its answer (its body read only up to ``MAX_ANSWER_BYTES``). Network
+        errors raise :class:`ApiUnavailable`. ``message_id`` names the message when signing is on."""
+        payload = signing.encode_body(body)
+        headers = {"Content-Type": "application/json"}
+        if self._signing_key:
+            headers.update(signing.signed_headers(self._signing_key, message_id or signing.fresh_message_id(),
+                                                  int(time.time()), payload))
         try:
-            response = self.session.post(url, json=body, timeout=timeout or self.timeout,
-                                         allow_redirects=False)
+            with self.session.post(url, data=payload, headers=headers, timeout=timeout or self.timeout,
+                                   allow_redirects=False, stream=True) as response:
+                if response.status_code < 300:
+                    return WebhookAnswer(response.status_code)
+                text = error_text(response, MAX_ANSWER_BYTES)
         except requests.RequestException as exc:
-            raise ApiUnavailable(f"webhook to {url} failed ({describe_network_error(exc)})") from exc
-        if response.status_code < 300:
-            return WebhookAnswer(response.status_code)
-        log.debug("webhook %s answered %s: %s", url, response.status_code, _body(response))
-        return WebhookAnswer(response.status_code, _error_of(response))
+            raise ApiUnavailable(f"webhook to {display_url(url)} failed ({describe_network_error(exc)})") from exc
+        log.debug("webhook %s answered %s: %r", display_url(url), response.status_code, text[:200])
+        return WebhookAnswer(response.status_code, _error_of(text))
 
 
 def as_answer(answer: Any) -> WebhookAnswer:
@@ -153,14 +198,25 @@ def webhook_verdict(status: int, error: str = "") -> str:
     return PERMANENT
 
 
-def _error_of(response: requests.Response) -> str:
+def looks_like_html(raw: bytes, content_type: str) -> bool:
+    """An HTML page (a login form, a proxy's error page), not a JSON answer (pure)."""
+    return "html" in content_type.lower() or raw.lstrip()[:1] == b"<"
+
+
+def _salvaged(head: bytes, api_url: str) -> dict:
+    """The ids of a task that cannot be decoded: its leading ``"id"``, if it is an issued ``local-`` id."""
+    match = _LEADING_ID.match(head[:4096])
+    return salvage_ids({"id": match.group(1).decode("utf-8", "replace")}, api_url) if match else {}
+
+
+def _error_of(text: str) -> str:
     try:
-        doc = response.json()
-    except ValueError:
-        return response.text[:200]
+        doc = json.loads(text)
+    except (ValueError, RecursionError):
+        return safe_text(text, 200)
     error = doc.get("error") if isinstance(doc, dict) else None
-    return str(error)[:200] if error is not None else response.text[:200]
+    return safe_text(error if error is not None else text, 200)
 
 
 def _body(response: requests.Response) -> str:
-    return repr(response.text[:200])
+    return repr(safe_text(error_text(response, MAX_ANSWER_BYTES), 200))

@@ -81,6 +81,7 @@ class JobRun:
     def end(self, body: dict, started: float) -> None:
         if body["status"] == "failed":
             self.worker.abandon_if_orphaned(self.job.job_id)
+        self.worker.remove_inputs(self.job)
         delivery = self.worker.outbox.deliver(self.record, body, self.hooks, self.worker.fast_stop_timeout(),
                                               files_stored=body["status"] == "completed")   # made of them
         self.finish(body, delivery, time.monotonic() - started)
@@ -144,7 +145,8 @@ class JobRun:
         return ExecutionDeps(comfy=worker.comfy, store=worker.store, session=worker.session,
                              on_progress=self.on_progress, on_step=self.on_step, abort=worker.abort_reason,
                              stop_requested=worker.stop_reason, job_timeout=worker.config.comfy.job_timeout,
-                             client_id=client_id, storage_retry_for=worker.config.storage.retry_for)
+                             client_id=client_id, storage_retry_for=worker.config.storage.retry_for,
+                             input_rules=worker.input_rules)
 
     def on_progress(self, snapshot: dict, node_changed: bool) -> None:
         if self.hooks is not None and self.hooks.progress(snapshot, node_changed):

@@ -27,18 +27,19 @@ import requests
 
 from handler.comfy_client import ComfyClient
 from handler.errors import ComfyUnavailable
+from handler.inputs import InputRules
 from handler.storage import make_store
 from worker import exits
-from worker.config import Config
+from worker.config import Config, signing_key
 from worker.exits import describe_status
 from worker.failpoints import Failpoints
 from worker.jobs import pacing as pc
 from worker.jobs.api import AuthError, GmAnimatoClient, ServerMisconfigured
-from worker.jobs.errors import ApiUnavailable
+from worker.jobs.errors import ApiUnavailable, LostTask
 from worker.jobs.lifecycle import JobRun
 from worker.jobs.outbox import Outbox
 from worker.jobs.recovery import recover_slot, task_of
-from worker.jobs.task import JOB_PREFIX, Job, TaskError, callback_for, parse_task
+from worker.jobs.task import Job, TaskError, TaskRules, callback_for, parse_task, salvage_ids
 from worker.jobs.webhooks import CallbackTarget, JobWebhooks, failed_payload, send_final
 from worker.journal.phases import Phase
 from worker.journal.store import JobRecord, Journal, JournalError
@@ -67,14 +68,22 @@ class Worker:
         self.parent_pid = parent_pid
         self.clock = clock
         self.session = requests.Session()
-        self.api = GmAnimatoClient(config.api.url, config.api.secret, config.api.timeout)
+        self.rules = TaskRules.from_config(config)
+        key = signing_key(config.webhook.signing_secret) if config.webhook.signing_secret else b""
+        self.api = GmAnimatoClient(config.api.url, config.api.secret, config.api.timeout, signing_key=key)
         self.comfy = ComfyClient(slot.comfy_url, config.comfy.timeout)
         s3 = config.storage.s3
-        self.store = make_store(s3.endpoint_url, s3.bucket, s3.access_key_id, s3.secret_access_key, s3.region)
+        self.store = make_store(s3.endpoint_url, s3.bucket, s3.access_key_id, s3.secret_access_key, s3.region,
+                                int(config.storage.base64_max_mb * 1024 * 1024))
+        self.input_rules = InputRules.from_config(config.inputs)
+        # start mode: the supervisor gave this slot's ComfyUI its input folder, so the worker can empty it
+        self.input_dir = Path(config.comfy.work_dir).resolve() / slot.name / "input" \
+            if supervised and config.comfy.mode == "start" else None
         self.failpoints = Failpoints(config.failpoints)
         self.journal = Journal.open(config.state_path, on_write=self._journal_written)
         self.outbox = Outbox(self.journal, slot.name,
-                             GmAnimatoClient(config.api.url, config.api.secret, config.api.timeout),
+                             GmAnimatoClient(config.api.url, config.api.secret, config.api.timeout,
+                                             signing_key=key),
                              config.webhook, clock)
         self.wake = threading.Event()            # set on any command, to cut a wait short
         self.draining = threading.Event()
@@ -147,7 +156,10 @@ class Worker:
         """Recover what a dead predecessor left, then serve jobs until drained or stopped."""
         self.report(Up.READY, pid=os.getpid())
         log.info("Worker for %s started (ComfyUI %s, GmAnimato %s, journal %s)", self.slot.label,
-                 self.slot.comfy_url, self.config.api.url, self.journal.path)
+                 self.slot.comfy_url, self.api.shown_url, self.journal.path)
+        if self.input_dir is None:
+            log.info("Uploaded inputs stay in ComfyUI's input folder: this worker cannot reach it (attach mode "
+                     "or local_worker.py); clean it on the ComfyUI side")
         self.prune_journal()
         self.outbox.start()
         recover_slot(self)
@@ -202,15 +214,17 @@ class Worker:
 
     def poll_once(self) -> None:
         outcome, task = self.claim()
+        if outcome == pc.JOB:
+            outcome = self.process(task)
         self.pacing, decision = pc.after_claim(self.pacing, outcome)
-        if task is not None:
-            self.process(task)
         if decision.delay:
             self.pause(decision.delay)
 
-    def claim(self) -> tuple[str, dict | None]:
+    def claim(self) -> tuple[str, Any]:
         try:
             task = self.api.claim()
+        except LostTask as exc:
+            return pc.JOB, exc           # claimed, unreadable: process() reports it when it can
         except ServerMisconfigured as exc:
             if exc.orphaned or self.pacing.last_outcome != pc.UNAUTHORIZED:
                 log.error("%s; asking again in %g s", exc, self.config.api.auth_retry_interval)
@@ -226,7 +240,7 @@ class Worker:
                 log.warning("%s; backing off", exc)
             return pc.UNAVAILABLE, None
         if self.pacing.last_outcome in (pc.UNAVAILABLE, pc.UNAUTHORIZED):
-            log.info("GmAnimato at %s answers again", self.config.api.url)
+            log.info("GmAnimato at %s answers again", self.api.shown_url)
         return (pc.JOB, task) if task is not None else (pc.EMPTY, None)
 
     def pause(self, seconds: float) -> None:
@@ -236,25 +250,31 @@ class Worker:
             self.wake.wait(seconds)
 
     # ---- one job ---------------------------------------------------------------------------------
-    def process(self, task: Any) -> None:
-        """A claimed task: on disk first, then read and run."""
+    def process(self, task: Any) -> str:
+        """A claimed task: on disk first, then read and run. Returns the pacing outcome: ``job``, or
+        ``lost`` when it could be neither run nor reported."""
         try:
             record = self.journal.record_claim(self.slot.name, task_text(task), self.clock())
         except sqlite3.Error as exc:
             self.report_unjournaled(task, exc)
             raise                        # the worker exits; its restart finds the journal again, or goes FATAL
+        if isinstance(task, LostTask):
+            return self.reject_task(record, TaskError(str(task), **task.ids))
         job = self.read_task(record, task)
         if job is None:
-            return
+            return pc.JOB if self.journal.get(record.seq).job_id else pc.LOST
         log.info("Received task: %s", job.job_id)
+        for note in job.notes:
+            log.warning("Job %s: %s", job.job_id, note)
         JobRun(self, record, job).run()
+        return pc.JOB
 
     def report_unjournaled(self, task: Any, exc: Exception) -> None:
         """The journal cannot take a claim (disk full, unwritable): tell GmAnimato the job failed (the
         inline attempts only: nothing on disk to retry from), rather than leave it processing."""
         log.error("The journal %s cannot record a claimed task (%s)", self.journal.path, exc)
         try:
-            job = parse_task(task, self.config.api.url, self.config.api.callback)
+            job = parse_task(task, self.rules)
             ids = (job.job_id, job.callback_url)
         except Exception:
             error = salvage_task_error(task, self.config.api.url, exc)
@@ -280,27 +300,41 @@ class Worker:
     def read_task(self, record: JobRecord, task: Any) -> Job | None:
         """The task as a Job, its ids in the journal; None when it cannot run (it is then reported)."""
         try:
-            job = parse_task(task, self.config.api.url, self.config.api.callback)
+            job = parse_task(task, self.rules)
         except TaskError as exc:
             self.reject_task(record, exc)
             return None
-        except Exception as exc:   # a parser bug must not lose the job: report what we can
+        except Exception as exc:   # a parser bug (a RecursionError too) must not lose the job
             self.reject_task(record, salvage_task_error(task, self.config.api.url, exc))
             return None
         self.journal.identify(record.seq, job.job_id, job.video_id, job.callback_url,
                               callback_for(self.config.api.url, job.video_id), self.clock())
         return job
 
-    def reject_task(self, record: JobRecord, exc: TaskError) -> None:
-        log.error("Task %s cannot run: %s", exc.job_id or "(no id)", exc)
+    def reject_task(self, record: JobRecord, exc: TaskError) -> str:
+        """Report a task that cannot run (``job``), or say in one line that it is lost (``lost``)."""
         if not exc.reportable:
-            log.error("Task has no usable id, so GmAnimato cannot be told; it stays processing there")
+            log.error("A claimed task cannot run and has no usable id, so GmAnimato cannot be told (it stays "
+                      "processing there): %s", exc)
             self.journal.close_job(record.seq, Phase.UNREPORTABLE, self.clock(), error=str(exc))
-            return
+            return pc.LOST
+        log.error("Task %s cannot run: %s", exc.job_id, exc)
         record = self.journal.identify(record.seq, exc.job_id, exc.video_id, exc.callback_url,
                                        callback_for(self.config.api.url, exc.video_id) if exc.video_id else "",
                                        self.clock())
         JobRun(self, record, Job(exc.job_id, exc.video_id, {}, (), {}, exc.callback_url)).report_failure(str(exc))
+        return pc.JOB
+
+    def remove_inputs(self, job: Job) -> None:
+        """Delete a finished job's uploaded inputs from ComfyUI's input folder (start mode only); the
+        names were checked to be plain file names when the task was read."""
+        if self.input_dir is None:
+            return
+        for item in job.images:
+            try:
+                (self.input_dir / item.name).unlink(missing_ok=True)
+            except OSError as exc:
+                log.warning("Job %s: cannot remove input %s (%s)", job.job_id, item.name, exc.strerror)
 
     def webhooks_for(self, job_id: str, video_id: str, callback_url: str) -> JobWebhooks:
         hook = self.config.webhook
@@ -420,16 +454,13 @@ def worker_process_main(config: Config, slot: SlotSpec, reports: Any, commands: 
     os._exit(code)
 
 
-def salvage_task_error(task: Any, api_url: str, exc: Exception) -> TaskError:
-    """A TaskError with whatever ids can be read, for a task the parser choked on."""
-    job_id = task.get("id") if isinstance(task, dict) and isinstance(task.get("id"), str) else ""
-    if isinstance(task, dict) and isinstance(task.get("job_id"), str):
-        job_id, video_id = task["job_id"], job_id
-    else:
-        video_id = job_id[len(JOB_PREFIX):] if job_id.startswith(JOB_PREFIX) else ""
-    log.exception("Task %s: the worker could not parse it", job_id or "(no id)")
-    return TaskError(f"the worker could not read this task: {type(exc).__name__}: {exc}", job_id=job_id,
-                     video_id=video_id, callback_url=callback_for(api_url, video_id) if video_id else "")
+def salvage_task_error(task: Any, api_url: str, exc: BaseException) -> TaskError:
+    """A TaskError with whatever ids can be read (an issued ``local-`` id only), for a task the parser
+    choked on."""
+    ids = salvage_ids(task, api_url)
+    log.error("Task %s: the worker could not parse it (%s: %s)", ids.get("job_id") or "(no usable id)",
+              type(exc).__name__, str(exc)[:300], exc_info=not isinstance(exc, RecursionError))
+    return TaskError(f"the worker could not read this task: {type(exc).__name__}: {str(exc)[:300]}", **ids)
 
 
 def install_drain_signals(worker: Worker, signals: tuple[int, ...]) -> None:

@@ -2,7 +2,10 @@
 
 After a job: at once. Empty queue (404): ``poll_interval``. GmAnimato unreachable or 5xx: exponential
 backoff with jitter, capped, back to normal after the first answer. 401/redirect: one error line, then
-a slow retry every ``auth_retry_interval`` without repeating the line until something changes.
+a slow retry every ``auth_retry_interval`` without repeating the line until something changes. A
+claimed task that could not be read nor reported (lost): ``poll_interval``, doubling while such answers
+keep coming (capped at ``backoff_cap``), so a broken server cannot make the worker hot-loop; a bad task
+that was reported counts as a job (the next claim follows at once: good jobs may wait behind it).
 """
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from dataclasses import dataclass, replace
 
 from worker.backoff import backoff_delay
 
-JOB, EMPTY, UNAVAILABLE, UNAUTHORIZED = "job", "empty", "unavailable", "unauthorized"
+JOB, EMPTY, UNAVAILABLE, UNAUTHORIZED, LOST = "job", "empty", "unavailable", "unauthorized", "lost"
 
 
 @dataclass(frozen=True)
@@ -19,7 +22,7 @@ class Pacing:
     poll_interval: float
     backoff_cap: float
     auth_retry_interval: float
-    failures: int = 0            # consecutive unavailable answers
+    failures: int = 0            # consecutive unavailable (or lost) answers
     last_outcome: str = ""
 
 
@@ -39,6 +42,11 @@ def after_claim(pacing: Pacing, outcome: str, rng: random.Random | None = None) 
     if outcome == UNAUTHORIZED:
         return (replace(pacing, failures=0, last_outcome=outcome),
                 Decision(pacing.auth_retry_interval, not repeated))
-    failures = pacing.failures + 1
+    failures = pacing.failures + 1 if repeated or outcome == UNAVAILABLE else 1
+    if outcome == LOST:
+        delay = backoff_delay(failures, pacing.poll_interval, max(pacing.backoff_cap, pacing.poll_interval), 0.2, rng)
+        if failures == 1:
+            delay = min(delay, pacing.poll_interval)      # the first: the next claim within poll_interval
+        return replace(pacing, failures=failures, last_outcome=outcome), Decision(delay, not repeated)
     delay = backoff_delay(failures, min(1.0, pacing.backoff_cap), pacing.backoff_cap, 0.2, rng)
     return replace(pacing, failures=failures, last_outcome=outcome), Decision(delay, not repeated)

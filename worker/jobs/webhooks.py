@@ -16,9 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from handler.untrusted import display_url, safe_text
 from worker.backoff import backoff_delay
-from worker.jobs.errors import ApiUnavailable
 from worker.jobs.api import DELIVERED, PERMANENT, GmAnimatoClient, as_answer, webhook_verdict
+from worker.jobs.errors import ApiUnavailable
+from worker.jobs.signing import message_id
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +36,10 @@ def completed_payload(job_id: str, files: list[dict]) -> dict:
 
 
 def failed_payload(job_id: str, error: str, details: list[str] | None = None) -> dict:
-    body = {"id": job_id, "status": "failed", "error": error[:MAX_ERROR_LENGTH]}
+    """A ``failed`` body; its texts are made safe (one line each, no credentials or queries in URLs)."""
+    body = {"id": job_id, "status": "failed", "error": safe_text(error, MAX_ERROR_LENGTH)}
     if details:
-        body["details"] = [str(d)[:MAX_ERROR_LENGTH] for d in details[:20]]
+        body["details"] = [safe_text(d, MAX_ERROR_LENGTH) for d in details[:20]]
     return body
 
 
@@ -81,7 +84,8 @@ class CallbackTarget:
         """Switch to the derived URL; True when switched."""
         if not self.fallback_url or self.fallback_url == self.url:
             return False
-        log.warning("job %s: %s %s; using %s instead", self.label, self.url, why, self.fallback_url)
+        log.warning("job %s: %s %s; using %s instead", self.label, display_url(self.url), why,
+                    display_url(self.fallback_url))
         self.url = self.fallback_url
         return True
 
@@ -91,11 +95,12 @@ def send_final(api: GmAnimatoClient, target: CallbackTarget, body: dict, tries: 
     """Up to ``tries`` attempts with backoff; stops at a delivery or a permanent answer. Never raises."""
     status: int | None = None
     error = ""
+    msg_id = message_id(body)          # the same for every attempt of this body, in any process
     for attempt in range(1, tries + 1):
         if attempt > 1:
             sleep(backoff_delay(attempt - 1, retry_delay, 60.0))
         try:
-            answer = as_answer(api.post_webhook(target.url, body, timeout=timeout))
+            answer = as_answer(api.post_webhook(target.url, body, timeout=timeout, message_id=msg_id))
         except ApiUnavailable as exc:
             error = exc.message
             log.warning("job %s: %s webhook attempt %d failed: %s", target.label, body["status"], attempt, exc)
