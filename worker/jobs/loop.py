@@ -274,8 +274,12 @@ class Worker:
         inline attempts only: nothing on disk to retry from), rather than leave it processing."""
         log.error("The journal %s cannot record a claimed task (%s)", self.journal.path, exc)
         try:
+            if isinstance(task, LostTask):
+                raise TaskError(str(task), **task.ids)
             job = parse_task(task, self.rules)
             ids = (job.job_id, job.callback_url)
+        except TaskError as error:
+            ids = (error.job_id, error.callback_url)
         except Exception:
             error = salvage_task_error(task, self.config.api.url, exc)
             ids = (error.job_id, error.callback_url)
@@ -396,7 +400,9 @@ class Worker:
 
 
 def task_text(task: Any) -> str:
-    """The claim answer as it is kept in the journal (JSON text)."""
+    """The claim answer as it is kept in the journal (JSON text); a lost one as what was learnt of it."""
+    if isinstance(task, LostTask):
+        return json.dumps({"id": task.ids.get("job_id", ""), "unreadable_task": str(task)})
     try:
         return json.dumps(task)
     except (TypeError, ValueError, RecursionError) as exc:
