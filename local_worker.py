@@ -36,7 +36,7 @@ SLOT = "local"
                                                   "(env WORKER_POLL_INTERVAL; default 5).")
 @click.option("--max-retries", type=int, help="Retries of a final webhook (env WORKER_MAX_RETRIES; default 3).")
 @click.option("--debug", is_flag=True, help="Log debug detail.")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+@click.option("--config", "config_path", type=click.Path(),   # checked by load_config: one line, exit 2
               help="Optional config.yaml (flags and env win over it).")
 def main(api_url: str | None, poll_interval: float | None, max_retries: int | None, debug: bool,
          config_path: str | None) -> None:
@@ -54,6 +54,9 @@ def main(api_url: str | None, poll_interval: float | None, max_retries: int | No
         lock = hold_folder(config.state_path, "state_dir")   # noqa: F841 (held until the process ends)
         check_journal(config, [SLOT])
         worker = Worker(config, SlotSpec(SLOT, f"ComfyUI at {comfy_url}", comfy_url))
+    except ConfigError as exc:
+        click.echo(f"config error: {exc}", err=True)
+        sys.exit(exits.EXIT_CONFIG)
     except (FolderBusy, JournalError) as exc:
         click.echo(f"error: {exc}", err=True)
         sys.exit(exits.EXIT_CONFIG)

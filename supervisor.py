@@ -18,7 +18,7 @@ from worker.logs import setup_logging
 
 
 @click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+@click.option("--config", "config_path", type=click.Path(),   # checked by load_config: one line, exit 2
               help="config.yaml to run with (flags > environment > file).")
 @click.option("--api-url", help="GmAnimato base URL (overrides api.url).")
 @click.option("--gpus", help="all, none, or a comma-separated list of GPU indexes or UUIDs.")

@@ -1,8 +1,12 @@
 """The configuration users write: frozen dataclasses loaded from YAML, environment and flags.
 
 Precedence is flags > environment > file > defaults. Unknown keys and bad values raise
-:class:`ConfigError`, whose message names the key ("api.poll_interval: must be > 0, got -1"); the
-command line turns it into one line on stderr and exit code 2. This module is the only reader of the
+:class:`ConfigError`, whose message names the key ("api.poll_interval: must be > 0, got -1", and
+"... (from env WORKER_POLL_INTERVAL)" when the value came from there); the command line turns it into
+one line on stderr and exit code 2, which systemd does not restart. :func:`load_config` raises nothing
+else, whatever the file holds (not UTF-8, a directory, YAML nested too deeply). Every number has a
+range (durations at most 30 days, ``webhook.expiry``/``jobs.keep_closed`` 365 days, counts 1000, sizes
+10 GiB) so that nothing past the check can overflow. This module is the only reader of the
 environment, and it reads it only when :func:`load_config` is called.
 """
 from __future__ import annotations
@@ -10,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
+import reprlib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,7 +27,11 @@ import yaml
 
 
 class ConfigError(Exception):
-    """A configuration key is unknown or has a bad value; the message names the key."""
+    """A configuration key is unknown or has a bad value; the message names the key. It is one line
+    (the command line prints it as the only line on stderr before exit code 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(part.strip() for part in str(message).splitlines()))
 
 
 @dataclass(frozen=True)
@@ -185,33 +195,92 @@ NON_NEGATIVE = {"webhook.max_retries", "webhook.retry_delay", "supervisor.health
                 "storage.retry_for"}
 POSITIVE |= {"inputs.max_mb", "inputs.download_timeout", "storage.base64_max_mb"}
 
+# Upper bounds: a value past them is a typo (or 1e300), and would overflow a sleep or a timestamp at
+# run time instead of failing here. Durations are seconds.
+DAY = 86400
+MAX_SECONDS = (30 * DAY, "30 days")
+MAX_LONG_SECONDS = (365 * DAY, "365 days")
+MAX_COUNT = (1000, "")
+MAX_MB = (10240, "10 GiB")
+LONG_SECONDS = {"webhook.expiry", "jobs.keep_closed"}
+COUNTS = {"webhook.max_retries", "supervisor.max_restarts", "jobs.max_attempts", "supervisor.log_backups"}
+SIZES_MB = {"inputs.max_mb", "storage.base64_max_mb"}
+MAXIMUM: dict[str, tuple[float, str]] = {
+    dotted: (MAX_LONG_SECONDS if dotted in LONG_SECONDS else MAX_COUNT if dotted in COUNTS
+             else MAX_MB if dotted in SIZES_MB else MAX_SECONDS)
+    for dotted in POSITIVE | NON_NEGATIVE}
+MAXIMUM["supervisor.log_max_bytes"] = (100 * 1024 ** 3, "100 GiB")
+
+MAX_FILE_BYTES = 16 * 1024 * 1024     # a config file larger than this is not one (e.g. /dev/zero)
+MAX_SECRET_BYTES = 64 * 1024
+_show = reprlib.Repr()                 # values in messages: short, and safe for huge or aliased trees
+_show.maxstring = _show.maxother = 80
+_show.maxlevel = 3
+
 
 def load_config(path: str | os.PathLike | None = None, env: Mapping[str, str] | None = None,
                 overrides: Mapping[str, Any] | None = None) -> Config:
-    """Build the configuration: ``overrides`` (dotted keys, from flags) > ``env`` > file > defaults."""
+    """Build the configuration: ``overrides`` (dotted keys, from flags) > ``env`` > file > defaults.
+
+    Whatever the file, the environment or the flags hold, the only exception is :class:`ConfigError`;
+    a bad value that came from the environment is named with its variable as well as its key."""
     env = os.environ if env is None else env
+    from_env = _env_items(env)
+    flags = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
+    try:
+        return _load(path, {dotted: value for dotted, (_, value) in from_env.items()}, flags)
+    except ConfigError as exc:
+        key = str(exc).split(":", 1)[0]
+        if key in from_env and key not in flags:
+            raise ConfigError(f"{exc} (from env {from_env[key][0]})") from exc
+        raise
+
+
+def _load(path: str | os.PathLike | None, env_values: Mapping[str, Any], flags: Mapping[str, Any]) -> Config:
     tree = _read_file(path) if path else {}
     _check_known(tree, Config, "")
-    for dotted, value in _env_values(env).items():
+    for dotted, value in {**env_values, **flags}.items():
         _set_dotted(tree, dotted, value)
-    for dotted, value in (overrides or {}).items():
-        if value is not None:
-            _set_dotted(tree, dotted, value)
     config = _build(Config, tree, "")
     config = _resolve_secret_file(config, path)
     _validate(config)
     return config
 
 
+class _Unreadable(Exception):
+    """Why a file's text could not be had (one short phrase)."""
+
+
+def _read_utf8(path: str | os.PathLike, limit: int) -> str:
+    """A small UTF-8 text file (a BOM is dropped), or :class:`_Unreadable` saying why not."""
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise _Unreadable(exc.strerror or str(exc) or type(exc).__name__) from exc
+    except ValueError as exc:            # a NUL in the name
+        raise _Unreadable(str(exc)) from exc
+    if len(data) > limit:
+        raise _Unreadable(f"larger than {limit // 1024} KiB")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise _Unreadable(f"not UTF-8 text: byte 0x{data[exc.start]:02x} at offset {exc.start}") from exc
+
+
 def _read_file(path: str | os.PathLike) -> dict:
     try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read the config file ({exc.strerror})") from exc
+        text = _read_utf8(path, MAX_FILE_BYTES)
+    except _Unreadable as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({exc})") from exc
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: not valid YAML (nested too deeply)") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    except Exception as exc:   # PyYAML's constructors raise ValueError & co. (a date like 2024-13-45)
+        raise ConfigError(f"{path}: not valid YAML ({type(exc).__name__}: {exc})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -219,19 +288,24 @@ def _read_file(path: str | os.PathLike) -> dict:
     return data
 
 
-def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
+def _env_items(env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
+    """Dotted key -> (the environment variable it comes from, its value)."""
+    items: dict[str, tuple[str, Any]] = {}
     for name, dotted in ENV_KEYS:
-        if env.get(name) and dotted not in values:
-            values[dotted] = env[name]
+        if env.get(name) and dotted not in items:
+            items[dotted] = (name, env[name])
     state = env.get(STATE_DIRECTORY_ENV, "").split(":")[0]
     if state:
-        values["state_dir"] = state
+        items["state_dir"] = (STATE_DIRECTORY_ENV, state)
     host = env.get("COMFY_HOST")
     if host:
-        values["comfy.mode"] = "attach"
-        values["comfy.attach"] = [host]
-    return values
+        items["comfy.mode"] = ("COMFY_HOST", "attach")
+        items["comfy.attach"] = ("COMFY_HOST", [host])
+    return items
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
+    return {dotted: value for dotted, (_, value) in _env_items(env).items()}
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
@@ -246,20 +320,29 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+def _key_text(key: Any) -> str:
+    """A key as it goes into a message: itself when it is a short printable string."""
+    if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 80:
+        return key
+    return _show.repr(key)
+
+
 def _check_known(tree: Any, cls: type, prefix: str) -> None:
     if not isinstance(tree, dict):
         return
     fields = {f.name: f for f in dataclasses.fields(cls)}
     hints = typing.get_type_hints(cls)
     for key, value in tree.items():
-        dotted = f"{prefix}{key}"
+        dotted = f"{prefix}{_key_text(key)}"
         if key not in fields:
             known = ", ".join(sorted(fields))
             raise ConfigError(f"{dotted}: unknown key (known here: {known})")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
+            if value is None:          # a section whose keys are all commented out
+                continue
             if not isinstance(value, dict):
-                raise ConfigError(f"{dotted}: must be a mapping, got {value!r}")
+                raise ConfigError(f"{dotted}: must be a mapping, got {_show.repr(value)}")
             _check_known(value, hint, dotted + ".")
 
 
@@ -291,38 +374,46 @@ def _coerce(dotted: str, hint: Any, value: Any) -> Any:
         if value is None:
             return ""
         if not isinstance(value, (str, int, float)) or isinstance(value, bool):
-            raise ConfigError(f"{dotted}: must be a string, got {value!r}")
-        return str(value)
+            raise ConfigError(f"{dotted}: must be a string, got {_show.repr(value)}")
+        return _no_nul(dotted, str(value))
     if typing.get_origin(hint) is tuple:
         return _coerce_str_list(dotted, value)
     if typing.get_origin(hint) is Mapping:
         return _coerce_str_map(dotted, value)
-    raise ConfigError(f"{dotted}: unsupported value {value!r}")
+    raise ConfigError(f"{dotted}: unsupported value {_show.repr(value)}")
+
+
+def _no_nul(dotted: str, text: str) -> str:
+    if "\x00" in text:
+        raise ConfigError(f"{dotted}: must not contain a NUL character, got {_show.repr(text)}")
+    return text
 
 
 def _coerce_bool(dotted: str, value: Any) -> bool:
     if isinstance(value, bool):
         return value
-    text = str(value).strip().lower()
+    text = str(value).strip().lower() if isinstance(value, (str, int, float)) else ""
     if text in ("1", "true", "yes", "on"):
         return True
     if text in ("0", "false", "no", "off"):
         return False
-    raise ConfigError(f"{dotted}: must be true or false, got {value!r}")
+    raise ConfigError(f"{dotted}: must be true or false, got {_show.repr(value)}")
 
 
 def _coerce_number(dotted: str, hint: type, value: Any) -> int | float:
-    if isinstance(value, bool):
-        raise ConfigError(f"{dotted}: must be a number, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        raise ConfigError(f"{dotted}: must be a number, got {_show.repr(value)}")
     try:
         number = float(value)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{dotted}: must be a number, got {value!r}") from None
+    except ValueError:
+        raise ConfigError(f"{dotted}: must be a number, got {_show.repr(value)}") from None
+    except OverflowError:       # an integer too large for a float
+        raise ConfigError(f"{dotted}: must be {_allowed(dotted)}, got {_show.repr(value)}") from None
     if not math.isfinite(number):
-        raise ConfigError(f"{dotted}: must be a finite number, got {value!r}")
+        raise ConfigError(f"{dotted}: must be a finite number, got {_show.repr(value)}")
     if hint is int:
         if number != int(number):
-            raise ConfigError(f"{dotted}: must be a whole number, got {value!r}")
+            raise ConfigError(f"{dotted}: must be a whole number, got {_show.repr(value)}")
         return int(number)
     return number
 
@@ -331,18 +422,29 @@ def _coerce_str_list(dotted: str, value: Any) -> tuple[str, ...]:
     if value is None:
         return ()
     if isinstance(value, str):
-        return (value,)
+        return (_no_nul(dotted, value),)
     if not isinstance(value, (list, tuple)) or not all(isinstance(v, (str, int, float)) for v in value):
-        raise ConfigError(f"{dotted}: must be a list of strings, got {value!r}")
-    return tuple(str(v) for v in value)
+        raise ConfigError(f"{dotted}: must be a list of strings, got {_show.repr(value)}")
+    return tuple(_no_nul(dotted, str(v)) for v in value)
 
 
 def _coerce_str_map(dotted: str, value: Any) -> dict[str, str]:
+    """``comfy.env``: names to scalar values (an empty value is ``""``), fit for a process environment."""
     if value is None:
         return {}
     if not isinstance(value, dict):
-        raise ConfigError(f"{dotted}: must be a mapping of names to values, got {value!r}")
-    return {str(k): str(v) for k, v in value.items()}
+        raise ConfigError(f"{dotted}: must be a mapping of names to values, got {_show.repr(value)}")
+    result = {}
+    for key, item in value.items():
+        name = str(key) if isinstance(key, (str, int)) and not isinstance(key, bool) else ""
+        if not name or "=" in name or "\x00" in name:
+            raise ConfigError(f"{dotted}: {_show.repr(key)} is not an environment variable name")
+        if item is None:
+            item = ""
+        if not isinstance(item, (str, int, float, bool)):
+            raise ConfigError(f"{dotted}.{_key_text(name)}: must be a string, got {_show.repr(item)}")
+        result[name] = _no_nul(f"{dotted}.{_key_text(name)}", str(item))
+    return result
 
 
 def _coerce_gpus(value: Any) -> str | tuple[str, ...]:
@@ -351,10 +453,10 @@ def _coerce_gpus(value: Any) -> str | tuple[str, ...]:
     if isinstance(value, int) and not isinstance(value, bool):
         return (str(value),)
     if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
+        return tuple(part.strip() for part in _no_nul("gpus", value).split(",") if part.strip())
     if isinstance(value, (list, tuple)) and all(isinstance(v, (str, int)) for v in value):
-        return tuple(str(v) for v in value)
-    raise ConfigError(f"gpus: must be all, none or a list of GPU indexes or UUIDs, got {value!r}")
+        return tuple(_no_nul("gpus", str(v)) for v in value)
+    raise ConfigError(f"gpus: must be all, none or a list of GPU indexes or UUIDs, got {_show.repr(value)}")
 
 
 def _resolve_secret_file(config: Config, config_path: str | os.PathLike | None) -> Config:
@@ -362,29 +464,75 @@ def _resolve_secret_file(config: Config, config_path: str | os.PathLike | None) 
         return config
     secret_path = Path(config.api.secret_file)
     if not secret_path.is_absolute() and config_path:
-        secret_path = Path(config_path).resolve().parent / secret_path
+        try:
+            secret_path = Path(config_path).resolve().parent / secret_path
+        except (OSError, RuntimeError) as exc:     # RuntimeError: a symlink loop (Python < 3.13)
+            raise ConfigError(f"api.secret_file: cannot find the config file's folder ({exc})") from exc
     try:
-        secret = secret_path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(f"api.secret_file: cannot read {secret_path} ({exc.strerror})") from exc
+        secret = _read_utf8(secret_path, MAX_SECRET_BYTES).strip()
+    except _Unreadable as exc:
+        raise ConfigError(f"api.secret_file: cannot read {secret_path} ({exc})") from exc
+    if not secret:
+        raise ConfigError(f"api.secret_file: {secret_path} is empty")
+    problem = _header_problem(secret)
+    if problem:
+        raise ConfigError(f"api.secret_file: the secret in {secret_path} {problem}")
     return dataclasses.replace(config, api=dataclasses.replace(config.api, secret=secret))
 
 
+def _header_problem(secret: str) -> str:
+    """Why ``secret`` cannot be sent as the ``x-worker-secret`` header ("" when it can); never quotes it."""
+    if any(not " " <= ch <= "~" for ch in secret):
+        return "must be printable ASCII (it is sent as the x-worker-secret header; value not shown)"
+    if secret != secret.strip():
+        return "must not begin or end with a space (it is sent as the x-worker-secret header)"
+    return ""
+
+
+def _number_text(value: float) -> str:
+    """-1, 2592000, 0.5, 1e+300: whole numbers without a decimal point, as the messages quote them."""
+    if (isinstance(value, int) or float(value).is_integer()) and abs(value) < 1e15:
+        return str(int(value))
+    try:
+        return f"{float(value):g}"
+    except OverflowError:
+        return _show.repr(value)
+
+
+def _allowed(dotted: str) -> str:
+    """The range a number key allows, in words: ``> 0 and <= 2592000 (30 days)``."""
+    low = "> 0" if dotted in POSITIVE else ">= 0" if dotted in NON_NEGATIVE else ""
+    if dotted not in MAXIMUM:
+        return f"a number {low}".strip()
+    maximum, label = MAXIMUM[dotted]
+    return f"{low} and <= {_number_text(maximum)}{f' ({label})' if label else ''}"
+
+
 def _validate(config: Config) -> None:
-    for dotted in POSITIVE | NON_NEGATIVE | set(CHOICES):
+    for dotted in sorted(POSITIVE | NON_NEGATIVE):
         value = _get_dotted(config, dotted)
         if dotted in POSITIVE and value <= 0:
-            raise ConfigError(f"{dotted}: must be > 0, got {value:g}")
+            raise ConfigError(f"{dotted}: must be > 0, got {_number_text(value)}")
         if dotted in NON_NEGATIVE and value < 0:
-            raise ConfigError(f"{dotted}: must be >= 0, got {value:g}")
-        if dotted in CHOICES and value not in CHOICES[dotted]:
-            raise ConfigError(f"{dotted}: must be one of {', '.join(CHOICES[dotted])}, got {value!r}")
+            raise ConfigError(f"{dotted}: must be >= 0, got {_number_text(value)}")
+        if value > MAXIMUM[dotted][0]:
+            raise ConfigError(f"{dotted}: must be {_allowed(dotted)}, got {_number_text(value)}")
+    for dotted in sorted(CHOICES):
+        value = _get_dotted(config, dotted)
+        if value not in CHOICES[dotted]:
+            raise ConfigError(f"{dotted}: must be one of {', '.join(CHOICES[dotted])}, got {_show.repr(value)}")
+    if config.api.secret:
+        problem = _header_problem(config.api.secret)
+        if problem:
+            raise ConfigError(f"api.secret: {problem}")
     _validate_url("api.url", config.api.url)
     if config.storage.s3.endpoint_url:
         _validate_url("storage.s3.endpoint_url", config.storage.s3.endpoint_url)
         if not config.storage.s3.bucket:
             raise ConfigError("storage.s3.bucket: required when storage.s3.endpoint_url is set "
                               "(env BUCKET_NAME)")
+    if config.storage.s3.bucket:
+        _validate_s3_client(config.storage.s3)
     if not 1 <= config.comfy.base_port <= 65535:
         raise ConfigError(f"comfy.base_port: must be a TCP port (1-65535), got {config.comfy.base_port}")
     if config.comfy.mode == "start" and not config.comfy.command:
@@ -395,6 +543,20 @@ def _validate(config: Config) -> None:
         comfy_base_url(address)
     if config.webhook.signing_secret:
         signing_key(config.webhook.signing_secret)
+
+
+REGION_PATTERN = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")   # botocore's host label
+
+
+def _validate_s3_client(s3: S3Config) -> None:
+    """What boto3 would refuse when the worker builds its S3 client (a traceback at every start)."""
+    if s3.region and not REGION_PATTERN.fullmatch(s3.region):
+        raise ConfigError(f"storage.s3.region: must be a region name such as eu-west-1, got {_show.repr(s3.region)}")
+    if bool(s3.access_key_id) != bool(s3.secret_access_key):
+        given, missing = (("access_key_id", "secret_access_key") if s3.access_key_id
+                          else ("secret_access_key", "access_key_id"))
+        raise ConfigError(f"storage.s3.{missing}: required when storage.s3.{given} is set "
+                          "(env BUCKET_ACCESS_KEY_ID and BUCKET_SECRET_ACCESS_KEY)")
 
 
 def signing_key(secret: str) -> bytes:
@@ -419,9 +581,9 @@ def _validate_url(dotted: str, url: str) -> None:
         parts = urlsplit(url)
         parts.port  # raises ValueError for a port that is not a number in 0-65535
     except ValueError:
-        raise ConfigError(f"{dotted}: not a valid URL, got {url!r}") from None
+        raise ConfigError(f"{dotted}: not a valid URL, got {_show.repr(url)}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{dotted}: must be an http:// or https:// URL, got {url!r}")
+        raise ConfigError(f"{dotted}: must be an http:// or https:// URL, got {_show.repr(url)}")
 
 
 def _get_dotted(config: Any, dotted: str) -> Any:
@@ -442,5 +604,5 @@ def comfy_base_url(address: str) -> str:
     except ValueError:
         parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"comfy.attach: not a ComfyUI address (host:port or URL), got {address!r}")
+        raise ConfigError(f"comfy.attach: not a ComfyUI address (host:port or URL), got {_show.repr(address)}")
     return text

@@ -5,6 +5,7 @@ Every wait has a deadline (socket timeouts or :func:`wait_until`); nothing sleep
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
 import json
 import os
@@ -608,6 +609,116 @@ def test_preview_metadata_after_feature_flags(comfy):
         assert frames[frames.index(previews[0]) + 1]["type"] == "progress"
     finally:
         sock.close()
+
+
+# ---------------------------------------------------------------- hostile outputs and big files
+
+def start_own_comfy(base: Path, *extra: str):
+    """A simulated ComfyUI of its own (folders under ``base``), for flags the shared one lacks."""
+    return start_sim("worker.sim.comfyui", ["--port", "0", "--cpu", "--base-directory", str(base),
+                                            "--history-delay", str(HISTORY_DELAY), *extra], COMFYUI_READY)
+
+
+def write_json_atomically(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(doc))
+    os.replace(tmp, path)
+
+
+def run_video_prompt(url: str, sock: Socket, no_output_script: dict | None = None) -> tuple[dict, dict]:
+    """Run :func:`video_prompt`; returns (executed outputs by node, history outputs by node)."""
+    prompt_id = post_prompt(url, video_prompt({}, no_output_script or {}), sock.hello["data"]["sid"]
+                            ).json()["prompt_id"]
+    frames = sock.until_end(prompt_id)
+    assert of_type(frames, "execution_success")
+    executed = {e["data"]["node"]: e["data"]["output"] for e in of_type(frames, "executed")}
+    return executed, requests.get(f"{url}/history/{prompt_id}", timeout=10).json()[prompt_id]["outputs"]
+
+
+def view(url: str, entry: dict) -> requests.Response:
+    params = {k: entry[k] for k in ("filename", "subfolder", "type") if k in entry}
+    return requests.get(url + "/view", params=params, timeout=10)
+
+
+@pytest.mark.timeout(60)
+def test_tamper_outputs_report_entries_and_write_only_safe_files(tmp_path):
+    tamper = tmp_path / "tamper.json"
+    outside = tmp_path / "outside.mp4"
+    entries = [{"filename": "evil.mp4", "subfolder": "hostile", "type": "output", "content": "mp4", "size": 5000},
+               {"filename": "page.html", "subfolder": "", "type": "output", "content": "html", "format": "text/html"},
+               {"filename": "zero.webm", "subfolder": "", "type": "temp", "content": "empty"},
+               {"filename": "pic.png", "subfolder": "", "type": "input", "content": "png"},
+               {"filename": "clip.webm", "subfolder": "", "type": "output", "content": "webm", "size": 3000},
+               {"filename": "../../outside.mp4", "subfolder": "", "type": "output", "content": "mp4"},
+               {"filename": "outside.mp4", "subfolder": "../..", "type": "output", "content": "mp4"},
+               {"filename": str(outside), "subfolder": "", "type": "output", "content": "mp4"},
+               {"filename": "odd.mp4", "subfolder": "", "type": "s3", "content": "mp4"}]
+    sim = start_own_comfy(tmp_path / "comfy", "--tamper-outputs", str(tamper))
+    try:
+        sock = Socket(sim.url, "tamper")
+        plain, _ = run_video_prompt(sim.url, sock)  # no file yet: nothing tampered
+        assert len(plain["2"]["gifs"]) == 1 and len(plain["4"]["images"]) == 1
+        reported = [{k: v for k, v in e.items() if k not in ("content", "size")} for e in entries]
+        write_json_atomically(tamper, {"mode": "append", "entries": entries})
+        executed, history = run_video_prompt(sim.url, sock)
+        assert executed["2"]["gifs"][1:] == reported and executed["4"]["images"][1:] == reported
+        assert executed["4"]["animated"] == [True] and history == executed
+        evil = view(sim.url, entries[0])
+        assert evil.status_code == 200 and len(evil.content) == 5000 and evil.content[4:8] == b"ftyp"
+        page = view(sim.url, entries[1])
+        assert page.content == b"<html><script>alert(1)</script></html>"
+        assert page.headers["Content-Type"] == "application/octet-stream"
+        assert view(sim.url, entries[2]).content == b""
+        assert view(sim.url, entries[3]).content.startswith(b"\x89PNG")
+        clip = view(sim.url, entries[4]).content
+        assert len(clip) == 3000 and clip.startswith(bytes.fromhex("1a45dfa3"))
+        assert [view(sim.url, e).status_code for e in entries[5:]] == [400, 403, 400, 400]
+        assert not outside.exists() and not (tmp_path.parent / "outside.mp4").exists()
+
+        write_json_atomically(tamper, {"mode": "replace", "entries": entries[:1]})
+        executed, _ = run_video_prompt(sim.url, sock, {"no_output": True})
+        assert executed["2"]["gifs"] == reported[:1]
+        tamper.unlink()
+        executed, _ = run_video_prompt(sim.url, sock)
+        assert executed["2"]["gifs"][0]["filename"].startswith("vhs_") and len(executed["2"]["gifs"]) == 1
+        sock.close()
+    finally:
+        sim.stop()
+
+
+def peak_rss_kib(pid: int) -> int:
+    """The process's peak resident set (VmHWM) in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM line")
+
+
+@pytest.mark.timeout(60)
+def test_big_output_is_written_and_served_in_chunks(tmp_path):
+    size = 128 * 1024 * 1024
+    sim = start_own_comfy(tmp_path / "comfy", "--output-size", str(size))
+    try:
+        sock = Socket(sim.url, "big")
+        before = peak_rss_kib(sim.pid)
+        executed, _ = run_video_prompt(sim.url, sock, {"no_output": True})
+        gif = executed["2"]["gifs"][0]
+        digest, got = hashlib.sha256(), 0
+        with requests.get(sim.url + "/view", params={"filename": gif["filename"], "subfolder": "clips"},
+                          stream=True, timeout=30) as resp:
+            assert resp.headers["Content-Type"] == "video/mp4"
+            assert resp.headers["Content-Disposition"] == f'filename="{gif["filename"]}"'
+            assert int(resp.headers["Content-Length"]) == size
+            for chunk in resp.iter_content(1 << 20):
+                digest.update(chunk)
+                got += len(chunk)
+        files = requests.get(sim.url + "/sim/state", timeout=10).json()["files"]
+        written = next(f for f in files if f["path"] == f"clips/{gif['filename']}")
+        assert got == written["size"] == size and written["sha256"] == digest.hexdigest()
+        assert peak_rss_kib(sim.pid) - before < 48 * 1024  # far below the 128 MiB file
+        sock.close()
+    finally:
+        sim.stop()
 
 
 # ---------------------------------------------------------------- the process itself

@@ -349,6 +349,100 @@ def test_state_file_survives_a_restart_on_the_same_port(tmp_path: Path) -> None:
         second.stop()
 
 
+# ---- hostile controls: raw task answers, served-task patches, stray requests ----------------------
+def set_faults(url: str, doc: dict[str, Any]) -> requests.Response:
+    return requests.post(f"{url}/sim/faults", json=doc, timeout=5)
+
+
+def stray(url: str) -> list[dict[str, Any]]:
+    return requests.get(f"{url}/sim/stray", timeout=5).json()
+
+
+def test_raw_task_answers_are_served_once_each_to_authorized_calls(api: str) -> None:
+    job = add_jobs(api)
+    answers = [{"status": 200, "content_type": "text/html", "body": "<html>oops</html>"},
+               {"body_b64": base64.b64encode(b"\xff\xfe{\x80").decode()},
+               {"deep": 40, "id": "local-deep"}, {"deep": 3}, {"status": 502, "body": ""}]
+    assert set_faults(api, {"task_raw": answers}).status_code == 200
+    assert claim(api, {"x-worker-secret": "wrong"}).status_code == 401  # not served to a stranger
+    html = claim(api)
+    assert (html.status_code, html.headers["Content-Type"], html.text) == (200, "text/html", "<html>oops</html>")
+    binary = claim(api)
+    assert binary.content == b"\xff\xfe{\x80" and binary.headers["Content-Type"] == "application/json"
+    assert claim(api).text == '{"id":"local-deep","input":' + "[" * 40 + "]" * 40 + "}"
+    assert claim(api).text == "[[[]]]"
+    assert claim(api).status_code == 502
+    assert video(api, job["video_id"])["status"] == "in_queue"
+    assert claim(api).json()["id"] == job["job_id"]  # the FIFO is spent: a normal claim
+    stats = requests.get(f"{api}/sim/stats", timeout=5).json()
+    assert stats["task_calls"] == {"401": 1, "200": 5, "502": 1}
+
+
+def test_truncate_serves_half_of_a_real_claim(api: str) -> None:
+    job = add_jobs(api)
+    assert set_faults(api, {"task_raw": [{"truncate": True}, {"truncate": True}]}).status_code == 200
+    cut = claim(api)
+    assert cut.status_code == 200 and cut.text.startswith('{"id":"' + job["job_id"] + '","input":{')
+    with pytest.raises(ValueError):
+        cut.json()
+    row = video(api, job["video_id"])
+    assert row["status"] == "processing" and row["claimed_count"] == 1
+    assert claim(api).status_code == 404  # the second truncate found no job: answered as usual
+    assert requests.get(f"{api}/sim/faults", timeout=5).json()["task_raw"] == []
+
+
+def test_bad_raw_answers_are_refused_whole_and_clear_empties_them(api: str) -> None:
+    for bad in ({"body": "x", "deep": 3}, {"status": 99}, {"deep": 0}, {"id": "x"}, {"body_b64": "!!"},
+                {"body": 5}, {"nope": 1}, "text"):
+        resp = set_faults(api, {"task": [503], "task_raw": [{"body": "fine"}, bad]})
+        assert resp.status_code == 400, bad
+    assert requests.get(f"{api}/sim/faults", timeout=5).json()["task_raw"] == []
+    assert set_faults(api, {"task_raw": [{"body": "x"}]}).json()["task_raw"] == [{"body": "x"}]
+    assert set_faults(api, {"clear": True}).json()["task_raw"] == []
+    assert claim(api).status_code == 404
+
+
+def test_task_and_input_patches_change_only_the_served_json(api: str) -> None:
+    images = [{"name": "../../etc/passwd", "image": "http://127.0.0.3:9/x.png"}]
+    job = add_jobs(api, task_patch={"id": "local-../../../admin/x", "job_id": ".."},
+                   input_patch={"callback_url": "http://127.0.0.3:9/cb", "images": images})
+    task = claim(api).json()
+    assert task["id"] == "local-../../../admin/x" and task["job_id"] == ".."
+    assert task["input"]["callback_url"] == "http://127.0.0.3:9/cb" and task["input"]["images"] == images
+    assert "workflow" in task["input"] and "node_weights" in task["input"]
+    row = video(api, job["video_id"])
+    assert row["status"] == "processing" and row["job_id"] == job["job_id"]
+    early = add_jobs(api, shape="early", input_patch={"callback_url": None})
+    flat = claim(api).json()
+    assert flat["id"] == early["video_id"] and flat["callback_url"] is None and "input" not in flat
+    for bad in ({"task_patch": [1]}, {"input_patch": "x"}):
+        assert requests.post(f"{api}/sim/jobs", json=bad, timeout=5).status_code == 400
+
+
+def test_stray_requests_are_recorded_without_secret_values(api: str) -> None:
+    headers = {**AUTH, "Authorization": f"Bearer {SECRET}", "X-Probe": "1"}
+    assert requests.get(f"{api}/api/worker/tasks?a=1&a=2", headers=headers, allow_redirects=False,
+                        timeout=5).status_code == 303
+    assert requests.post(f"{api}/api/i2v-webhook/a/b", data=b"x" * 1234, allow_redirects=False,
+                         timeout=5).status_code == 303
+    assert requests.get(f"{api}/sim/nope", timeout=5).status_code == 404
+    assert requests.get(f"{api}/api/worker/task/", allow_redirects=False, timeout=5).status_code == 308
+    claim(api)
+    requests.get(f"{api}/sim/summary", timeout=5)  # known routes are not strays
+    hook(api, "no-such-video", {"id": "local-x", "status": "processing"})
+    seen = stray(api)
+    assert [(s["method"], s["path"]) for s in seen] == [
+        ("GET", "/api/worker/tasks"), ("POST", "/api/i2v-webhook/a/b"), ("GET", "/sim/nope"),
+        ("GET", "/api/worker/task/")]
+    first = seen[0]
+    assert first["query"] == "a=1&a=2" and first["body_size"] == 0 and first["headers"]["x-probe"] == "1"
+    assert first["headers"]["x-worker-secret"] == "***" and first["headers"]["authorization"] == "***"
+    assert SECRET not in repr(seen)
+    assert seen[1]["body_size"] == 1234
+    requests.post(f"{api}/sim/reset", timeout=5).raise_for_status()
+    assert stray(api) == []
+
+
 # ---- pure rules ----------------------------------------------------------------------------------
 def test_webhook_rule_order_without_a_server() -> None:
     row = {"job_id": "local-v", "status": "processing", "processing_started_at": "2026-01-01T00:00:00.000Z"}

@@ -130,7 +130,10 @@ class GmAnimatoClient:
             raise AuthError(f"GET {TASK_PATH} answered 200 with an HTML page, not a task: is api.url "
                             f"({self.shown_url}) the GmAnimato origin (not a login page or a proxy)?", 200)
         try:
-            return json.loads(raw)
+            task = json.loads(raw)
+            if task is None:
+                raise LostTask("the claim answered 200 with JSON null, not a task", {})
+            return task
         except (ValueError, RecursionError) as exc:
             why = "nested too deep to decode" if isinstance(exc, RecursionError) else \
                 f"not valid JSON ({len(raw)} bytes{', cut short' if raw.rstrip()[-1:] not in (b'}', b']') else ''})"

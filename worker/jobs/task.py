@@ -304,8 +304,9 @@ def _node_weights(value: Any, ids: dict) -> dict[str, float]:
         raise TaskError(f"task node_weights must be an object, got {type(value).__name__}", **ids)
     weights = {}
     for node_id, weight in value.items():
-        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or weight < 0:
-            raise TaskError(f"task node_weights[{_shown(node_id)}] must be a number >= 0, got {_shown(weight)}",
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 <= weight <= 1e6:
+            raise TaskError(f"task node_weights[{_shown(node_id)}] must be a number from 0 to 1000000, got "
+                            f"{_shown(weight) if not isinstance(weight, (int, float)) else str(weight)[:40]}",
                             **ids)
         weights[str(node_id)] = float(weight)
     return weights

@@ -9,7 +9,8 @@ For one prompt the websocket sees (see ``comfyui-protocol/README.md``)::
 
 Nodes do no real work: each takes ``--node-time`` seconds, samplers report ``steps`` progress frames,
 output nodes write real files (fake media). A node's ``_meta.sim`` script can make it fail, sleep,
-crash the server or cut every websocket (see :mod:`worker.sim.comfyui`).
+crash the server or cut every websocket (see :mod:`worker.sim.comfyui`). With ``--tamper-outputs`` the
+video nodes also report (and write) hostile entries (:mod:`worker.sim.comfy_tamper`).
 """
 from __future__ import annotations
 
@@ -25,11 +26,12 @@ import time
 import traceback
 from dataclasses import dataclass, field
 
-from worker.sim.comfy_files import (Dirs, FileLog, annotated_path, mp4_bytes, png_bytes, save_image_path,
+from worker.sim.comfy_files import (Dirs, FileLog, annotated_path, mp4_chunks, png_bytes, save_image_path,
                                     vhs_counter, webp_bytes)
 from worker.sim.comfy_nodes import NodeSpec
 from worker.sim.comfy_queue import (CacheEntry, CycleError, ExecutionList, OutputCache, PromptQueue, QueueItem,
                                     node_signatures, sim_options)
+from worker.sim.comfy_tamper import VIDEO_NODE_KEYS, Tamper, apply_tamper, load_tamper
 from worker.sim.comfy_validate import is_link
 from worker.sim.comfy_ws import SocketHub
 
@@ -52,6 +54,7 @@ class SimConfig:
     previews: bool = True
     history_delay: float = 0.05
     record: str = ""             # append one JSON line per finished prompt here (outlives the process)
+    tamper_outputs: str = ""     # hostile video entries, read at each prompt (tests only)
 
 
 class Interrupted(Exception):
@@ -92,6 +95,7 @@ class PromptRun:
     ui_outputs: dict[str, dict] = field(default_factory=dict)
     executed: list[str] = field(default_factory=list)
     success: bool = False
+    tamper: Tamper | None = None
 
     @property
     def prompt_id(self) -> str:
@@ -181,6 +185,7 @@ class Executor:
         self.prompts_started += 1
         self.hub.client_id, self.hub.last_node_id = item.extra_data.get("client_id"), None
         run = PromptRun(item, node_signatures(item.prompt, self.dirs))
+        run.tamper = load_tamper(self.cfg.tamper_outputs)
         await self._message(run, "execution_start", {"prompt_id": run.prompt_id})
         if self.prompts_started == self.cfg.crash_on_prompt:
             self._crash(f"prompt #{self.prompts_started} ({run.prompt_id})")
@@ -412,10 +417,13 @@ class Executor:
             return None
         size = int(sim.get("output_size", self.cfg.output_size))
         seed = f"{run.prompt_id}:{node_id}"
-        if spec.name == "VHS_VideoCombine":
-            return await asyncio.to_thread(self._save_vhs, inputs, size, seed)
-        if spec.name == "SaveVideo":
-            return await asyncio.to_thread(self._save_video, inputs, size, seed)
+        if spec.name in VIDEO_NODE_KEYS:
+            save = self._save_vhs if spec.name == "VHS_VideoCombine" else self._save_video
+            ui = await asyncio.to_thread(save, inputs, size, seed)
+            if run.tamper is None:
+                return ui
+            return await asyncio.to_thread(apply_tamper, run.tamper, spec.name, ui, self.dirs, self.files,
+                                           size, seed)
         if spec.name == "SaveAnimatedWEBP":
             return self._save_webp(inputs, seed, batch)
         if spec.name == "SaveImage":
@@ -438,7 +446,7 @@ class Executor:
         folder, base, counter, subfolder = save_image_path(str(inputs.get("filename_prefix", "video/ComfyUI")),
                                                            self.dirs.output)
         name = f"{base}_{counter:05}_.mp4"
-        self.files.write(os.path.join(folder, name), mp4_bytes(size, seed), "output", self.dirs)
+        self.files.write(os.path.join(folder, name), mp4_chunks(size, seed), "output", self.dirs)
         return {"images": [{"filename": name, "subfolder": subfolder, "type": "output"}], "animated": [True]}
 
     def _save_webp(self, inputs: dict, seed: str, batch: int) -> dict:
@@ -458,7 +466,7 @@ class Executor:
         ext = fmt.split("-")[-1] if "-" in fmt else fmt.split("/")[-1]
         video, workflow = f"{base}_{counter:05}.{ext}", f"{base}_{counter:05}.png"
         self.files.write(os.path.join(folder, workflow), png_bytes(), kind, self.dirs)
-        self.files.write(os.path.join(folder, video), mp4_bytes(size, seed), kind, self.dirs)
+        self.files.write(os.path.join(folder, video), mp4_chunks(size, seed), kind, self.dirs)
         entry = {"filename": video, "subfolder": subfolder, "type": kind, "format": fmt,
                  "frame_rate": float(inputs.get("frame_rate", 8)), "workflow": workflow,
                  "fullpath": os.path.join(folder, video)}

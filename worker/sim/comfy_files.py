@@ -3,7 +3,8 @@
 Naming follows ComfyUI 0.3.64 and its packs: ``SaveImage`` writes ``<prefix>_00001_.png`` (counter from
 the files already on disk), VideoHelperSuite writes ``<prefix>_00001.mp4`` plus a metadata
 ``<prefix>_00001.png``. Media bytes are fake but well-formed at the start (PNG is a real image; MP4 is an
-``ftyp`` box and an ``mdat`` box of deterministic pseudo-random bytes).
+``ftyp`` box and an ``mdat`` box of deterministic pseudo-random bytes). Video files are produced and
+written in chunks, so a 1 GiB ``--output-size`` never sits whole in the simulator's memory.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import shutil
 import struct
 import tempfile
 import zlib
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 mimetypes.add_type("image/webp", ".webp")
@@ -23,6 +25,8 @@ mimetypes.add_type("video/mp4", ".mp4")
 
 _FORCE_DOWNLOAD = {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}
 _FTYP = bytes.fromhex("000000206674797069736f6d0000020069736f6d69736f32617663316d703431")
+_WEBM_HEAD = bytes.fromhex("1a45dfa3" "87" "4282" "84") + b"webm" + bytes.fromhex("18538067" "01ffffffffffffff")
+CHUNK = 1 << 20  # a multiple of 4: chunked pseudo-random bytes equal the one-piece ones
 
 
 @dataclass(frozen=True)
@@ -88,11 +92,32 @@ def png_bytes(width: int = 8, height: int = 8, rgb: tuple[int, int, int] = (128,
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
 
 
-def mp4_bytes(size: int, seed: str) -> bytes:
+def random_chunks(count: int, seed: str) -> Iterator[bytes]:
+    """``count`` pseudo-random bytes seeded by ``seed``, in pieces of at most :data:`CHUNK`."""
+    rng = random.Random(seed)
+    while count > 0:
+        piece = min(CHUNK, count)
+        yield rng.randbytes(piece)
+        count -= piece
+
+
+def mp4_chunks(size: int, seed: str) -> Iterator[bytes]:
     """``size`` bytes: an ``ftyp`` box, then one ``mdat`` box of pseudo-random bytes seeded by ``seed``."""
     size = max(size, len(_FTYP) + 8)
-    body = random.Random(seed).randbytes(size - len(_FTYP) - 8)
-    return _FTYP + struct.pack(">I", size - len(_FTYP)) + b"mdat" + body
+    yield _FTYP + struct.pack(">I", size - len(_FTYP)) + b"mdat"
+    yield from random_chunks(size - len(_FTYP) - 8, seed)
+
+
+def mp4_bytes(size: int, seed: str) -> bytes:
+    """:func:`mp4_chunks` in one piece (small files only)."""
+    return b"".join(mp4_chunks(size, seed))
+
+
+def webm_chunks(size: int, seed: str) -> Iterator[bytes]:
+    """An EBML header (DocType ``webm``) and an open-ended Segment, then pseudo-random bytes."""
+    size = max(size, len(_WEBM_HEAD))
+    yield _WEBM_HEAD
+    yield from random_chunks(size - len(_WEBM_HEAD), seed)
 
 
 def webp_bytes(size: int, seed: str) -> bytes:
@@ -141,13 +166,17 @@ class FileLog:
 
     entries: list[dict] = field(default_factory=list)
 
-    def write(self, path: str, data: bytes, kind: str, dirs: Dirs) -> None:
-        """Write ``data`` to ``path`` and remember its size and sha256."""
+    def write(self, path: str, data: bytes | Iterable[bytes], kind: str, dirs: Dirs) -> None:
+        """Write ``data`` (bytes, or chunks written one by one) to ``path``; remember its size and sha256."""
+        digest, size = hashlib.sha256(), 0
         with open(path, "wb") as handle:
-            handle.write(data)
+            for chunk in ([data] if isinstance(data, bytes) else data):
+                handle.write(chunk)
+                digest.update(chunk)
+                size += len(chunk)
         root = dirs.by_type(kind) or dirs.output
-        self.entries.append({"type": kind, "path": os.path.relpath(path, root), "size": len(data),
-                             "sha256": hashlib.sha256(data).hexdigest()})
+        self.entries.append({"type": kind, "path": os.path.relpath(path, root), "size": size,
+                             "sha256": digest.hexdigest()})
 
 
 # ---------------------------------------------------------------- /view and /upload/image

@@ -14,8 +14,11 @@ Simulator-only flags: ``--startup-delay S``, ``--node-time S``, ``--steps N``, `
 ``--output-size BYTES``, ``--crash-on-prompt N``, ``--disable-node CLASS`` (repeatable),
 ``--history-delay S``, ``--gpu-fail-delay S`` (before the no-GPU traceback), ``--fail-on-gpu UUID``
 (repeatable: exit 1 at once with a CUDA error when pinned to that GPU), ``--record FILE`` (one JSON line
-per finished prompt, so a test can count executions across kills of the simulator). Unknown flags are ignored, so a
-supervisor can pass real ComfyUI flags unchanged.
+per finished prompt, so a test can count executions across kills of the simulator),
+``--tamper-outputs FILE`` (hostile tests: extra or replaced video entries, and their files, read from FILE
+at each prompt; see :mod:`worker.sim.comfy_tamper`). Unknown flags are ignored, so a supervisor can pass
+real ComfyUI flags unchanged.
+``--output-size`` files are written in chunks and ``/view`` streams them, so 1 GiB outputs stay out of memory.
 
 Per-node scripting, in the prompt itself: ``"_meta": {"sim": {...}}`` with keys ``error`` (+
 ``error_type``), ``sleep``, ``steps``, ``step_time``, ``output_size``, ``no_output``, ``drop_ws``,
@@ -101,6 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds before the 'No CUDA GPUs are available' exit (real: 3.5-4.7)")
     p.add_argument("--record", default=None, metavar="FILE",
                    help="append a JSON line (prompt_id, success, t, pid) per finished prompt")
+    p.add_argument("--tamper-outputs", default="", metavar="FILE",
+                   help="tests: JSON {mode: append|replace, entries: [...]} for video nodes, read at each prompt")
     p.add_argument("--fail-on-gpu", action="append", default=[], metavar="UUID",
                    help="exit 1 at once with a CUDA error when cuda:0 is this GPU (repeatable)")
     return p
@@ -177,7 +182,7 @@ class SimServer:
         cfg = SimConfig(node_time=args.node_time, steps=args.steps, step_time=args.step_time,
                         output_size=args.output_size, crash_on_prompt=args.crash_on_prompt,
                         previews=args.preview_method != "none", history_delay=args.history_delay,
-                        record=args.record or "")
+                        record=args.record or "", tamper_outputs=args.tamper_outputs or "")
         self.executor = Executor(cfg, self.specs, dirs, self.hub, self.queue, self.files)
 
     def make_app(self) -> web.Application:

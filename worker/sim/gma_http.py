@@ -12,6 +12,8 @@ from typing import Any
 
 from aiohttp import web
 
+from worker.sim.gma_hostile import check_raw_answers
+
 _BEARER = re.compile(r"^Bearer\s+", re.IGNORECASE)
 
 
@@ -52,9 +54,13 @@ def provided_secret(headers: Any) -> str:
 # ---- faults -----------------------------------------------------------------------------------
 @dataclass
 class Faults:
-    """Scripted answers that replace the next calls (a code, or ``"reset"`` to drop the connection)."""
+    """Scripted answers that replace the next calls (a code, or ``"reset"`` to drop the connection).
+
+    ``task_raw`` holds raw answers (:mod:`worker.sim.gma_hostile`) for the next *authorized* task calls.
+    """
 
     task: deque = field(default_factory=deque)
+    task_raw: deque = field(default_factory=deque)
     webhook: dict[str, deque] = field(default_factory=dict)
     webhook_delay: float = 0.0
     task_delay: float = 0.0
@@ -62,8 +68,10 @@ class Faults:
 
     def update(self, doc: dict[str, Any]) -> None:
         """Queue more faults from a ``POST /sim/faults`` body; raises ValueError on a bad one."""
+        raw_answers = check_raw_answers(doc.get("task_raw") or [])
         if doc.get("clear"):
             self.task.clear()
+            self.task_raw.clear()
             self.webhook.clear()
             self.webhook_delay = self.task_delay = self.media_delay = 0.0
         webhook = doc.get("webhook") or {}
@@ -72,6 +80,7 @@ class Faults:
         for video_id, codes in webhook.items():
             self.webhook.setdefault(video_id, deque()).extend(check_codes(codes, f"webhook.{video_id}"))
         self.task.extend(check_codes(doc.get("task") or [], "task"))
+        self.task_raw.extend(raw_answers)
         for key in ("webhook_delay", "task_delay", "media_delay"):
             if key in doc:
                 setattr(self, key, max(0.0, float(doc[key])))
@@ -90,10 +99,13 @@ class Faults:
     def next_task(self) -> int | str | None:
         return self.task.popleft() if self.task else None
 
+    def next_task_raw(self) -> dict[str, Any] | None:
+        return self.task_raw.popleft() if self.task_raw else None
+
     def view(self) -> dict[str, Any]:
-        return {"task": list(self.task), "webhook": {k: list(v) for k, v in self.webhook.items() if v},
-                "webhook_delay": self.webhook_delay, "task_delay": self.task_delay,
-                "media_delay": self.media_delay}
+        return {"task": list(self.task), "task_raw": list(self.task_raw),
+                "webhook": {k: list(v) for k, v in self.webhook.items() if v},
+                "webhook_delay": self.webhook_delay, "task_delay": self.task_delay, "media_delay": self.media_delay}
 
 
 def check_codes(codes: Any, where: str) -> list[int | str]:

@@ -4,7 +4,8 @@ The workflow templates in ``data/template-*.json`` are the real server's answers
 ``shared/gmanimato-tasks/`` with the image names replaced by the builders' placeholders
 (``{image_name}``, ``{first_image_name}``, ``{last_image_name}``). :func:`build_video` turns a job spec
 (the body of ``POST /sim/jobs``) into a ``videos`` row; :func:`current_task` and :func:`early_task` build
-what ``GET /api/worker/task`` returns for it.
+what ``GET /api/worker/task`` returns for it. A spec's ``task_patch`` / ``input_patch`` (hostile tests)
+change only the JSON served at the claim: :func:`apply_task_patches`.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ CLAIM_ERRORS = ("image_fetch", "no_workflow")
 LOOPBACK_HOSTNAMES = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 SPEC_KEYS = frozenset({"template", "shape", "image_mode", "workflow", "patch", "with_workflow", "video_id",
                        "prompt", "seed", "node_weights", "claim_error", "is_local_job", "status",
-                       "image_b64", "last_image_b64"})
+                       "image_b64", "last_image_b64", "task_patch", "input_patch"})
 
 
 class SpecError(ValueError):
@@ -83,6 +84,7 @@ def build_video(spec: dict[str, Any], video_id: str, seq: int, created_at: str, 
            "with_workflow": bool(spec.get("with_workflow", False)), "seed": spec.get("seed", seed),
            "workflow": workflow, "node_weights": spec.get("node_weights") or weights_for(template, workflow),
            "claim_error": spec.get("claim_error"), "claimed_count": 0,
+           "task_patch": spec.get("task_patch"), "input_patch": spec.get("input_patch"),
            "images": dict(zip(names, [spec.get("image_b64"), spec.get("last_image_b64")]))}
     return {"id": video_id, "user_id": "sim-user", "original_image_url": f"/sim/media/{names[0]}",
             "last_image_url": f"/sim/media/{names[1]}" if kind == "fl2v" else None,
@@ -102,7 +104,7 @@ def check_spec(spec: dict[str, Any]) -> None:
     for key, allowed in (("shape", SHAPES), ("image_mode", IMAGE_MODES), ("claim_error", CLAIM_ERRORS)):
         if spec.get(key) is not None and spec[key] not in allowed:
             raise SpecError(f"{key}: must be one of {', '.join(allowed)}, got {spec[key]!r}")
-    for key in ("workflow", "patch", "node_weights"):
+    for key in ("workflow", "patch", "node_weights", "task_patch", "input_patch"):
         if spec.get(key) is not None and not isinstance(spec[key], dict):
             raise SpecError(f"{key}: must be an object")
     for key in ("image_b64", "last_image_b64"):
@@ -246,6 +248,19 @@ def early_task(video: dict[str, Any], origin: str) -> dict[str, Any]:
     return task
 
 
+def apply_task_patches(task: dict[str, Any], sim: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``input_patch`` into the task's ``input`` object (the top level of the flat early shape),
+    then ``task_patch`` into the top level; each key replaces the served value as it is (null too)."""
+    input_patch, task_patch = sim.get("input_patch"), sim.get("task_patch")
+    if input_patch:
+        target = task["input"] if isinstance(task.get("input"), dict) else task
+        target.update(copy.deepcopy(input_patch))
+    if task_patch:
+        task.update(copy.deepcopy(task_patch))
+    return task
+
+
 def build_task(video: dict[str, Any], origin: str) -> dict[str, Any]:
-    """The task for a just-claimed video in its configured shape."""
-    return early_task(video, origin) if video["sim"]["shape"] == "early" else current_task(video, origin)
+    """The task for a just-claimed video in its configured shape, test patches applied."""
+    shape = early_task if video["sim"]["shape"] == "early" else current_task
+    return apply_task_patches(shape(video, origin), video["sim"])

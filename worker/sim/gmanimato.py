@@ -10,7 +10,8 @@ and logs everything else to stderr. The two product routes follow ``shared/gmani
 (GmAnimato ``68f0ddb``, Postgres backend); the webhook rules live in :mod:`worker.sim.gma_webhook`, the
 task payloads in :mod:`worker.sim.gma_tasks`, the tables in :mod:`worker.sim.gma_state`. Routes under
 ``/sim/`` exist only here. Every other path answers like the real app does for a non-public route:
-``303`` to ``/login``; a trailing slash answers ``308`` to the path without it.
+``303`` to ``/login``; a trailing slash answers ``308`` to the path without it. Those requests, and
+unknown ``/sim/`` paths, are *strays*: recorded for ``GET /sim/stray`` (:mod:`worker.sim.gma_hostile`).
 
 Control routes (JSON)::
 
@@ -19,19 +20,28 @@ Control routes (JSON)::
                          "with_workflow": bool, "video_id": str, "prompt": str, "seed": int,
                          "node_weights": {...}, "claim_error": "image_fetch"|"no_workflow",
                          "is_local_job": bool, "status": str, "image_b64": str, "last_image_b64": str,
+                         "task_patch": {...}, "input_patch": {...},
                          "count": n}                   -> 201 {"video_id", "job_id"} (a list with count)
+                        (task_patch/input_patch: merged into the served task's top level / its ``input``
+                         at the claim; the row is claimed as usual)
     GET  /sim/videos                                   -> every row, plus claimed_count, template, ...
     GET  /sim/videos/<id>                              -> one row with its "sim" part (workflow, ...)
     GET  /sim/webhooks[?video_id=X]                    -> [{"t", "video_id", "body", "status", "response"}]
     GET  /sim/uploads/<name>  (also /uploads/<name>)   -> bytes of a base64-uploaded video
     GET  /sim/media/<name>                             -> input image (url mode, early shape)
     POST /sim/faults    {"task": [503, "reset"], "webhook": {"<id>"|"*": [500]}, "webhook_delay": s,
-                         "task_delay": s, "media_delay": s, "clear": bool}
+                         "task_delay": s, "media_delay": s, "clear": bool,
+                         "task_raw": [{"status": 200, "content_type": "application/json",
+                                       "body": str | "body_b64": str | "deep": N [, "id": str]
+                                       | "truncate": true}, ...]}
                                                        -> the pending faults (GET shows them too)
+                        (task_raw: served once each, in order, to the next authorized task calls)
     GET  /sim/summary                                  -> {"in_queue": n, "processing": n, ...}
     GET  /sim/stats                                    -> {"task_calls": {"200": n, ...}, "webhook_calls": n,
                                                            "media_calls": n}
-    POST /sim/reset                                    -> forget videos, webhooks, uploads, faults
+    GET  /sim/stray                                    -> [{"method", "path", "raw_path", "query",
+                                                           "body_size", "headers"}] (secrets "***")
+    POST /sim/reset                                    -> forget videos, webhooks, uploads, faults, strays
 """
 from __future__ import annotations
 
@@ -49,6 +59,7 @@ from typing import Any
 
 from aiohttp import web
 
+from worker.sim.gma_hostile import StrayLog, raw_body, raw_response, truncated
 from worker.sim.gma_http import (webhook_status, TASK_FAULT_BODIES, Faults, drop_connection, fault_response, js_json,
                                  method_not_allowed, provided_secret, read_json_object, sim_json,
                                  strip_trailing_slash)
@@ -65,6 +76,7 @@ ENTRY_FIELDS = ("id", "user_id", "original_image_url", "last_image_url", "prompt
                 "processing_time_ms", "processing_started_at", "dequeued_at", "progress_percentage",
                 "progress_details", "created_at")
 SIM_ROW_FIELDS = ("claimed_count", "template", "shape", "image_mode", "seed", "claim_error")
+STRAY_ROUTES = frozenset({"stray-sim", "stray-app"})
 
 
 @dataclass(frozen=True)
@@ -115,6 +127,7 @@ class GmAnimatoApp:
         self.claim_lock = asyncio.Lock()
         self.task_calls: dict[str, int] = {}
         self.media_calls = 0
+        self.stray = StrayLog()
 
     def routes(self) -> list[web.RouteDef]:
         """Product routes, control routes (``/sim/…``), then the 303 catch-all."""
@@ -132,16 +145,25 @@ class GmAnimatoApp:
             web.post("/sim/faults", self.set_faults),
             web.get("/sim/summary", self.summary),
             web.get("/sim/stats", self.stats),
+            web.get("/sim/stray", self.list_stray),
             web.post("/sim/reset", self.reset),
             web.get("/login", self.login_page),
-            web.route("*", "/sim/{tail:.*}", self.sim_not_found),
-            web.route("*", "/{tail:.*}", self.redirect_to_login),
+            web.route("*", "/sim/{tail:.*}", self.sim_not_found, name="stray-sim"),
+            web.route("*", "/{tail:.*}", self.redirect_to_login, name="stray-app"),
         ]
 
     def build_app(self) -> web.Application:
-        app = web.Application(client_max_size=1 << 30, middlewares=[strip_trailing_slash])
+        app = web.Application(client_max_size=1 << 30, middlewares=[self.record_strays, strip_trailing_slash])
         app.add_routes(self.routes())
         return app
+
+    @web.middleware
+    async def record_strays(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Record a request the app has no route for (a catch-all, or a trailing slash: 308) first."""
+        trailing_slash = request.path != "/" and request.path.endswith("/")
+        if trailing_slash or request.match_info.route.name in STRAY_ROUTES:
+            await self.stray.record(request)
+        return await handler(request)
 
     def origin(self, request: web.Request) -> str:
         """The request origin as the server sees it: ``--origin``, else ``http://`` + Host."""
@@ -168,11 +190,31 @@ class GmAnimatoApp:
         secret = provided_secret(request.headers)
         if not secret or secret != self.config.secret:
             return js_json({"error": "Unauthorized"}, status=401)
+        raw = self.faults.next_task_raw()
+        if raw is not None:
+            return await self.raw_task_answer(raw, self.origin(request))
+        return await self.claim_task(self.origin(request))
+
+    async def claim_task(self, origin: str) -> web.Response:
+        """The atomic claim and its payload: 404 when the queue is empty."""
         async with self.claim_lock:
             video = self.store.claim_next(now_s())
         if video is None:
             return js_json({"message": "No tasks available"}, status=404)
-        return self.task_payload(video, self.origin(request))
+        return self.task_payload(video, origin)
+
+    async def raw_task_answer(self, raw: dict[str, Any], origin: str) -> web.Response:
+        """A scripted raw answer; ``truncate`` makes a real claim and serves half its JSON (a claim
+        that fails or finds no job answers as usual)."""
+        if not raw.get("truncate"):
+            shown = {k: v for k, v in raw.items() if k not in ("body", "body_b64")}
+            log.info("task: simulated raw answer %s", shown)
+            return raw_response(raw, raw_body(raw))
+        response = await self.claim_task(origin)
+        if response.status != 200:
+            return response
+        log.info("task: serving the claim cut in half")
+        return raw_response(raw, truncated(response.body))
 
     def task_payload(self, video: dict[str, Any], origin: str) -> web.Response:
         try:
@@ -322,10 +364,14 @@ class GmAnimatoApp:
         return sim_json({"task_calls": self.task_calls, "webhook_calls": len(self.store.webhooks),
                          "media_calls": self.media_calls})
 
+    async def list_stray(self, request: web.Request) -> web.Response:
+        return sim_json(self.stray.view())
+
     async def reset(self, request: web.Request) -> web.Response:
-        """Drop every video, webhook, upload, fault and call count."""
+        """Drop every video, webhook, upload, fault, stray request and call count."""
         self.store.reset()
         self.faults = Faults()
+        self.stray.clear()
         self.task_calls.clear()
         self.media_calls = 0
         return sim_json({"reset": True})

@@ -86,12 +86,22 @@ def comfy_command(config: Config, plan: SlotPlan, slot_dir: Path) -> list[str]:
     return cmd + list(config.comfy.extra_args)
 
 
+# The worker's own settings, secrets and endpoints: ComfyUI runs the task's workflow (custom nodes,
+# arbitrary code), so it gets none of them. ``comfy.env`` is applied after, so an operator can still
+# hand ComfyUI any of these on purpose.
 SECRET_ENV = ("WORKER_TASK_SECRET", "BUCKET_ACCESS_KEY_ID", "BUCKET_SECRET_ACCESS_KEY")
+SECRET_ENV_PREFIXES = ("AWS_", "BUCKET_", "GMANIMATO_", "WORKER_")
+SECRET_ENV_NAMES = SECRET_ENV + ("COMFY_HOST",)
 
 
 def comfy_env(config: Config, plan: SlotPlan) -> dict[str, str]:
-    """ComfyUI's environment: ours without the worker's secrets, plus ``comfy.env`` and the GPU pin."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_ENV}
+    """ComfyUI's environment (least privilege): ours without the worker's variables (``AWS_*``,
+    ``BUCKET_*``, ``GMANIMATO_*``, ``WORKER_*``, ``COMFY_HOST``) and without any variable holding one of
+    the configured secrets, then ``comfy.env`` on top, then the GPU pin."""
+    secrets = {value for value in config.secrets() if value}
+    env = {name: value for name, value in os.environ.items()
+           if name.upper() not in SECRET_ENV_NAMES and not name.upper().startswith(SECRET_ENV_PREFIXES)
+           and value not in secrets and value.strip() not in secrets}
     env.update(config.comfy.env)
     env["CUDA_VISIBLE_DEVICES"] = plan.gpu_uuid
     env.setdefault("PYTHONUNBUFFERED", "1")
