@@ -36,7 +36,7 @@ def parse_frame(payload: Any) -> Event | None:
         return None
     try:
         message = json.loads(payload)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, RecursionError):
         return None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         return None

@@ -74,6 +74,7 @@ def test_history_recovers_a_missed_success():
 def test_binary_and_junk_frames_are_skipped_and_unknown_types_tolerated():
     assert parse_frame(b"\x00\x00\x00\x01\x00\x00\x00\x02PNG") is None
     assert parse_frame("not json") is None
+    assert parse_frame("[" * 100_000) is None                 # nested past any decoder's depth
     event = parse_frame('{"type": "new_kind_of_frame", "data": {"prompt_id": "p1"}}')
     watch = w.start_watch("p1", {"1": {"class_type": "X"}}, {})
     assert w.apply_event(watch, event) == watch
