@@ -15,10 +15,11 @@ from typing import Any
 import requests
 
 CHUNK = 256 * 1024
+HEAD_KEPT = 64 * 1024          # of an answer over its limit, this much is kept (to read ids from)
 
 
 class TooLarge(Exception):
-    """The answer is longer than the limit; ``head`` holds what was read (at most the limit)."""
+    """The answer is longer than the limit; ``head`` holds its first bytes (at most ``HEAD_KEPT``)."""
 
     def __init__(self, limit: int, head: bytes = b"") -> None:
         super().__init__(f"larger than {describe_size(limit)}")
@@ -38,28 +39,27 @@ def describe_size(size: int) -> str:
     return f"{size} bytes"
 
 
-def read_capped(response: requests.Response, limit: int, deadline: float | None = None) -> bytes:
+def read_capped(response: requests.Response, limit: int, deadline: float | None = None) -> bytearray:
     """The body of a ``stream=True`` response, at most ``limit`` bytes, before ``deadline`` (a
-    ``time.monotonic()`` value). Network errors propagate as ``requests`` exceptions."""
+    ``time.monotonic()`` value), in one growing buffer (no second copy). Network errors propagate as
+    ``requests`` exceptions."""
     declared = response.headers.get("Content-Length", "")
     if declared.isdigit() and int(declared) > limit:
         raise TooLarge(limit)
-    chunks: list[bytes] = []
-    size = 0
+    body = bytearray()
     raw = response.raw
     while True:
         if deadline is not None and time.monotonic() > deadline:
             raise TooSlow()
         try:
-            chunk = raw.read1(min(CHUNK, limit + 1 - size), decode_content=True)
+            chunk = raw.read1(min(CHUNK, limit + 1 - len(body)), decode_content=True)
         except Exception as exc:      # urllib3's errors -> requests' (what callers already handle)
             raise requests.ConnectionError(str(exc)) from exc
         if not chunk:
-            return b"".join(chunks)
-        size += len(chunk)
-        chunks.append(chunk)
-        if size > limit:
-            raise TooLarge(limit, b"".join(chunks)[:limit])
+            return body
+        body += chunk
+        if len(body) > limit:
+            raise TooLarge(limit, bytes(body[:HEAD_KEPT]))
 
 
 def read_json_capped(response: requests.Response, limit: int) -> Any:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
+import uuid
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -51,17 +52,24 @@ class OutputBody(io.RawIOBase):
             raise ComfyUnavailable(f"ComfyUI broke off sending {self._label} ({type(exc).__name__})") from exc
 
     def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes (all that is left with -1): short only at the end of the file."""
-        parts, wanted = [], size if size is not None and size >= 0 else None
-        while wanted is None or wanted > 0:
-            chunk = bytearray(min(wanted or 1024 * 1024, 1024 * 1024))
-            count = self.readinto(chunk)
+        """Up to ``size`` bytes (all that is left with -1): short only at the end of the file. Filled in
+        place, one buffer per call."""
+        if size is None or size < 0:
+            parts = []
+            while chunk := self.read(1024 * 1024):
+                parts.append(chunk)
+            return b"".join(parts)
+        buffer = bytearray(size)
+        view = memoryview(buffer)
+        filled = 0
+        while filled < size:
+            count = self.readinto(view[filled:])
             if not count:
                 break
-            parts.append(bytes(chunk[:count]))
-            if wanted is not None:
-                wanted -= count
-        return b"".join(parts)
+            filled += count
+        view.release()
+        del buffer[filled:]
+        return bytes(buffer)
 
     def readinto(self, buffer: Any) -> int:
         if self._pending:
@@ -73,6 +81,50 @@ class OutputBody(io.RawIOBase):
         buffer[: len(data)] = data
         self.size += len(data)
         return len(data)
+
+
+class MultipartUpload:
+    """``multipart/form-data`` of one file and a few fields, sent from the caller's buffer as it is (the
+    form ``requests`` would build from ``files=``/``data=``, without copying the file into it): a
+    readable with a length, so it goes out with a ``Content-Length``."""
+
+    def __init__(self, filename: str, data: bytes, fields: Mapping[str, str]) -> None:
+        from urllib3.fields import RequestField
+
+        boundary = uuid.uuid4().hex
+        parts: list[bytes | memoryview] = []
+        for key, value in fields.items():
+            field = RequestField(name=key, data=value)
+            field.make_multipart()
+            parts += [f"--{boundary}\r\n{field.render_headers()}{value}\r\n".encode()]
+        part = RequestField(name="image", data=b"", filename=filename)
+        part.make_multipart()
+        parts += [f"--{boundary}\r\n{part.render_headers()}".encode(), memoryview(data),
+                  f"\r\n--{boundary}--\r\n".encode()]
+        self.content_type = f"multipart/form-data; boundary={boundary}"
+        self._parts = parts
+        self._length = sum(len(p) for p in parts)
+        self._index = self._offset = self._position = 0
+
+    def __len__(self) -> int:
+        return self._length
+
+    def tell(self) -> int:
+        return self._position
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            size = self._length - self._position
+        out = bytearray()
+        while len(out) < size and self._index < len(self._parts):
+            current = self._parts[self._index]
+            piece = current[self._offset:self._offset + size - len(out)]
+            out += piece
+            self._offset += len(piece)
+            if self._offset >= len(current):
+                self._index, self._offset = self._index + 1, 0
+        self._position += len(out)
+        return bytes(out)
 
 
 class ComfyClient:
@@ -111,8 +163,9 @@ class ComfyClient:
 
     def upload_input(self, name: str, data: bytes) -> str:
         """Store ``data`` in ComfyUI's input folder as exactly ``name`` (overwriting); returns the name."""
-        response = self._request("POST", "/upload/image", files={"image": (name, data)},
-                                 data={"overwrite": "true", "type": "input"})
+        body = MultipartUpload(name, data, {"overwrite": "true", "type": "input"})
+        response = self._request("POST", "/upload/image", data=body,
+                                 headers={"Content-Type": body.content_type})
         with response:
             if response.status_code == 400:
                 raise InputError(f"ComfyUI refused the input file name {name!r}")

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_URL_LENGTH = 500
 PART_SIZE = 8 * 1024 * 1024          # S3 multipart part (boto3's default threshold and part size)
-PART_THREADS = 2                     # parts in flight at once: memory is about (2 + 2) x PART_SIZE
+PART_THREADS = 2                     # parts in flight (and held) at once: memory about 2-3 x PART_SIZE
 DEFAULT_BASE64_MAX = 32 * 1024 * 1024
 
 Body = Union[bytes, BinaryIO]
@@ -86,7 +86,9 @@ class S3Store:
         from boto3.s3.transfer import TransferConfig
 
         self._transfer = TransferConfig(multipart_threshold=PART_SIZE, multipart_chunksize=PART_SIZE,
-                                        max_concurrency=PART_THREADS, max_io_queue=2)
+                                        max_concurrency=PART_THREADS)
+        # parts of a stream held in memory at once (boto3's default is 10): an attribute, not an argument
+        self._transfer.max_in_memory_upload_chunks = PART_THREADS
 
     def store(self, key_prefix: str, filename: str, data: Body, content_type: str = UNKNOWN) -> dict:
         key = f"{key_prefix}/{filename}"

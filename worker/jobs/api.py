@@ -136,7 +136,7 @@ class GmAnimatoClient:
             return task
         except (ValueError, RecursionError) as exc:
             why = "nested too deep to decode" if isinstance(exc, RecursionError) else \
-                f"not valid JSON ({len(raw)} bytes{', cut short' if raw.rstrip()[-1:] not in (b'}', b']') else ''})"
+                f"not valid JSON ({len(raw)} bytes{', cut short' if bytes(raw[-64:]).rstrip()[-1:] not in (b'}', b']') else ''})"
             raise LostTask(f"the claimed task is {why}", _salvaged(raw, self.base_url)) from None
 
     def _raise_server_error(self, response: requests.Response) -> None:
@@ -203,12 +203,12 @@ def webhook_verdict(status: int, error: str = "") -> str:
 
 def looks_like_html(raw: bytes, content_type: str) -> bool:
     """An HTML page (a login form, a proxy's error page), not a JSON answer (pure)."""
-    return "html" in content_type.lower() or raw.lstrip()[:1] == b"<"
+    return "html" in content_type.lower() or bytes(raw[:1024]).lstrip()[:1] == b"<"
 
 
 def _salvaged(head: bytes, api_url: str) -> dict:
     """The ids of a task that cannot be decoded: its leading ``"id"``, if it is an issued ``local-`` id."""
-    match = _LEADING_ID.match(head[:4096])
+    match = _LEADING_ID.match(bytes(head[:4096]))
     return salvage_ids({"id": match.group(1).decode("utf-8", "replace")}, api_url) if match else {}
 
 
