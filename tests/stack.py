@@ -2,6 +2,7 @@
 the fixtures that start GmAnimato and a moto S3 server as real processes (re-exported by conftest)."""
 from __future__ import annotations
 
+import contextlib
 import secrets
 import subprocess
 import sys
@@ -51,15 +52,23 @@ class GmAnimato:
         return self.videos()
 
 
-@pytest.fixture(scope="module")
-def gmanimato():
-    """A simulated GmAnimato listening on 127.0.0.1 and 127.0.0.2 (tasks via .2 carry callback_url)."""
+@contextlib.contextmanager
+def running_gmanimato(handle: type = None):
+    """A simulated GmAnimato listening on 127.0.0.1 and 127.0.0.2 (tasks via .2 carry callback_url),
+    as a ``handle`` (GmAnimato or a subclass), stopped at the end."""
     sim = start_sim("worker.sim.gmanimato", ["--host", "127.0.0.1", "--host", "127.0.0.2", "--port", "0",
                                              "--secret", SECRET], GMANIMATO_READY)
     try:
-        yield GmAnimato(sim.url, sim)
+        yield (handle or GmAnimato)(sim.url, sim)
     finally:
         sim.stop()
+
+
+@pytest.fixture(scope="module")
+def gmanimato():
+    """A simulated GmAnimato for a test module (see running_gmanimato)."""
+    with running_gmanimato() as gma:
+        yield gma
 
 
 @pytest.fixture(scope="module")

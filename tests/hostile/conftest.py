@@ -28,9 +28,8 @@ import requests
 
 from tests.conftest import ManagedProcess, free_port, http_ok, wait_until, write_config
 from tests.hostile.servers import ProbeServer
-from tests.stack import FINAL, SECRET, GmAnimato, base_config, comfy_sim_command
+from tests.stack import FINAL, SECRET, GmAnimato, base_config, comfy_sim_command, running_gmanimato
 from worker.sim.gma_tasks import generated_png
-from worker.sim.launch import GMANIMATO_READY, start_sim
 
 TOKEN = secrets.token_hex(4)
 S3_KEY_ID = f"AKIAHOSTILE{TOKEN.upper()}"
@@ -114,12 +113,8 @@ class HostileGma(GmAnimato):
 @pytest.fixture(scope="package")
 def hostile_sim():
     """One simulated GmAnimato for the suite, on 127.0.0.1 and 127.0.0.2 (tasks via .2 carry callback_url)."""
-    sim = start_sim("worker.sim.gmanimato", ["--host", "127.0.0.1", "--host", "127.0.0.2", "--port", "0",
-                                             "--secret", SECRET], GMANIMATO_READY)
-    try:
-        yield HostileGma(sim.url, sim)
-    finally:
-        sim.stop()
+    with running_gmanimato(HostileGma) as gma:
+        yield gma
 
 
 @pytest.fixture
