@@ -338,3 +338,23 @@ def test_attached_comfyui_that_stops_answering_is_waited_for(gmanimato, processe
     assert comfy.proc.poll() is None                  # attached: never killed
     stop_clean(sup)
     assert comfy.proc.poll() is None
+
+
+@pytest.mark.timeout(120)
+def test_an_idle_box_makes_one_claim_per_poll_interval_whatever_its_gpu_count(gmanimato, processes, tmp_path):
+    tree = gpu_config(gmanimato, tmp_path)
+    tree["api"]["poll_interval"] = 0.5
+    sup = ready_supervisor(processes, tmp_path, tree, "4", 4)
+    wait_until(lambda: sup.output().count("Worker for GPU") >= 4, 30, 0.1, "4 workers started")
+
+    def empty_claims() -> int:
+        return gmanimato.stats()["task_calls"].get("404", 0)
+
+    before, started = empty_claims(), time.monotonic()
+    wait_until(lambda: time.monotonic() - started >= 4.0, 10, 0.1, "a 4 s window")
+    made = empty_claims() - before
+    window = time.monotonic() - started
+    assert window / (0.5 * 1.2) - 2 <= made <= window / (0.5 * 0.8) + 2, made   # one box: ~8; per worker: ~32
+    vid = gmanimato.add_job(template="i2v")                                   # a job is still taken at once
+    assert gmanimato.wait_final([vid])[vid]["status"] == "completed"
+    stop_clean(sup)

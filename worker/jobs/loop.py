@@ -34,6 +34,7 @@ from worker.config import Config, signing_key
 from worker.exits import describe_status
 from worker.failpoints import Failpoints
 from worker.jobs import pacing as pc
+from worker.jobs.claim_turns import SharedTurn, next_claim_at
 from worker.jobs.api import AuthError, GmAnimatoClient, ServerMisconfigured
 from worker.jobs.errors import ApiUnavailable, LostTask
 from worker.jobs.lifecycle import JobRun
@@ -60,8 +61,9 @@ class SlotSpec:
 class Worker:
     def __init__(self, config: Config, slot: SlotSpec, report: Callable[[Report], None] | None = None,
                  supervised: bool = False, parent_pid: int | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, turn: SharedTurn | None = None) -> None:
         self.config = config
+        self.turn = turn                         # the box's claim turn (under a supervisor), or None
         self.slot = slot
         self._report = report or (lambda r: None)
         self.supervised = supervised
@@ -213,12 +215,30 @@ class Worker:
         return False
 
     def poll_once(self) -> None:
+        """One claim, when it is this box's turn; a job it brought runs after the turn is given back."""
+        if not self.take_turn():
+            return
         outcome, task = self.claim()
+        after: list[Callable[[], None]] = []
         if outcome == pc.JOB:
-            outcome = self.process(task)
+            outcome = self.accept(task, after)
         self.pacing, decision = pc.after_claim(self.pacing, outcome)
-        if decision.delay:
+        if self.turn is not None:
+            self.turn.give_back(next_claim_at(time.monotonic(), outcome, decision.delay,
+                                              self.config.api.poll_interval))
+        for action in after:
+            action()
+        if self.turn is None and decision.delay:
             self.pause(decision.delay)
+
+    def take_turn(self) -> bool:
+        """Whether this worker may claim now (no turn: always); otherwise waits a little."""
+        if self.turn is None:
+            return True
+        turn = self.turn.take(time.monotonic(), self.config.api.timeout + 5.0)
+        if not turn.go:
+            self.pause(min(turn.wait, 1.0))
+        return turn.go
 
     def claim(self) -> tuple[str, Any]:
         try:
@@ -250,23 +270,24 @@ class Worker:
             self.wake.wait(seconds)
 
     # ---- one job ---------------------------------------------------------------------------------
-    def process(self, task: Any) -> str:
-        """A claimed task: on disk first, then read and run. Returns the pacing outcome: ``job``, or
-        ``lost`` when it could be neither run nor reported."""
+    def accept(self, task: Any, after: list[Callable[[], None]]) -> str:
+        """A claimed task: on disk first, then read. What is left to do with it (run it, or report it
+        failed) goes to ``after``. Returns the pacing outcome: ``job``, or ``lost`` when it can be
+        neither run nor reported."""
         try:
             record = self.journal.record_claim(self.slot.name, task_text(task), self.clock())
         except sqlite3.Error as exc:
             self.report_unjournaled(task, exc)
             raise                        # the worker exits; its restart finds the journal again, or goes FATAL
         if isinstance(task, LostTask):
-            return self.reject_task(record, TaskError(str(task), **task.ids))
-        job = self.read_task(record, task)
+            return self.reject_task(record, TaskError(str(task), **task.ids), after)
+        job = self.read_task(record, task, after)
         if job is None:
             return pc.JOB if self.journal.get(record.seq).job_id else pc.LOST
         log.info("Received task: %s", job.job_id)
         for note in job.notes:
             log.warning("Job %s: %s", job.job_id, note)
-        JobRun(self, record, job).run()
+        after.append(JobRun(self, record, job).run)
         return pc.JOB
 
     def report_unjournaled(self, task: Any, exc: Exception) -> None:
@@ -301,22 +322,24 @@ class Worker:
             task = None
         return self.read_task(record, task)
 
-    def read_task(self, record: JobRecord, task: Any) -> Job | None:
-        """The task as a Job, its ids in the journal; None when it cannot run (it is then reported)."""
+    def read_task(self, record: JobRecord, task: Any, after: list | None = None) -> Job | None:
+        """The task as a Job, its ids in the journal; None when it cannot run (it is then reported, or
+        its report is put in ``after``)."""
         try:
             job = parse_task(task, self.rules)
         except TaskError as exc:
-            self.reject_task(record, exc)
+            self.reject_task(record, exc, after)
             return None
         except Exception as exc:   # a parser bug (a RecursionError too) must not lose the job
-            self.reject_task(record, salvage_task_error(task, self.config.api.url, exc))
+            self.reject_task(record, salvage_task_error(task, self.config.api.url, exc), after)
             return None
         self.journal.identify(record.seq, job.job_id, job.video_id, job.callback_url,
                               callback_for(self.config.api.url, job.video_id), self.clock())
         return job
 
-    def reject_task(self, record: JobRecord, exc: TaskError) -> str:
-        """Report a task that cannot run (``job``), or say in one line that it is lost (``lost``)."""
+    def reject_task(self, record: JobRecord, exc: TaskError, after: list | None = None) -> str:
+        """Report a task that cannot run (``job``; now, or through ``after``), or say in one line that it
+        is lost (``lost``)."""
         if not exc.reportable:
             log.error("A claimed task cannot run and has no usable id, so GmAnimato cannot be told (it stays "
                       "processing there): %s", exc)
@@ -326,7 +349,11 @@ class Worker:
         record = self.journal.identify(record.seq, exc.job_id, exc.video_id, exc.callback_url,
                                        callback_for(self.config.api.url, exc.video_id) if exc.video_id else "",
                                        self.clock())
-        JobRun(self, record, Job(exc.job_id, exc.video_id, {}, (), {}, exc.callback_url)).report_failure(str(exc))
+        run = JobRun(self, record, Job(exc.job_id, exc.video_id, {}, (), {}, exc.callback_url))
+        if after is None:
+            run.report_failure(str(exc))
+        else:
+            after.append(lambda: run.report_failure(str(exc)))
         return pc.JOB
 
     def remove_inputs(self, job: Job) -> None:
@@ -430,14 +457,15 @@ def _heartbeat(worker: Worker, interval: float) -> None:
         worker.report(Up.HEARTBEAT, job_id=worker.current_job)
 
 
-def worker_process_main(config: Config, slot: SlotSpec, reports: Any, commands: Any, parent_pid: int) -> None:
+def worker_process_main(config: Config, slot: SlotSpec, reports: Any, commands: Any, parent_pid: int,
+                        turn: SharedTurn | None = None) -> None:
     """Entry point of a worker process (multiprocessing ``spawn``)."""
     from worker.logs import setup_logging
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C reaches the whole group; the supervisor decides
     setup_logging(f"worker-{slot.name}", config.logging.level, config.logging.format, config.secrets())
     try:
-        worker = Worker(config, slot, reports.put, supervised=True, parent_pid=parent_pid)
+        worker = Worker(config, slot, reports.put, supervised=True, parent_pid=parent_pid, turn=turn)
     except JournalError as exc:          # the supervisor checked it at start; say why, never restart
         log.error("%s", exc)
         reports.put(Report(Up.FATAL, slot.name, {"reason": str(exc)}))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import multiprocessing
 import os
 import queue
 import signal
@@ -22,6 +23,7 @@ from pathlib import Path
 from worker import exits
 from worker.config import Config
 from worker.exits import describe_status
+from worker.jobs.claim_turns import SharedTurn, first_claim_at
 from worker.jobs.recovery import adopt_orphans
 from worker.journal.store import Journal, JournalError
 from worker.reports import Command, Down, Report, Up
@@ -61,10 +63,10 @@ def stop_resource_tracker() -> None:
 class Slot:
     """Book-keeping of one slot; changed only by the supervisor loop."""
 
-    def __init__(self, config: Config, plan: SlotPlan) -> None:
+    def __init__(self, config: Config, plan: SlotPlan, turn: SharedTurn | None = None) -> None:
         self.plan = plan
         self.comfy = ComfyProcess(config, plan)
-        self.worker = WorkerProcess(config, plan)
+        self.worker = WorkerProcess(config, plan, turn)
         self.comfy_state = StateHolder(f"{plan.name} comfyui")
         self.worker_state = StateHolder(f"{plan.name} worker")
         self.comfy_crashes: list[float] = []
@@ -100,7 +102,12 @@ class Supervisor:
     def __init__(self, config: Config, plans: list[SlotPlan],
                  on_report: Callable[[Report], None] | None = None) -> None:
         self.config = config
-        self.slots = [Slot(config, plan) for plan in plans]
+        # one idle claim per poll_interval for the whole box: the workers take turns (claim_turns)
+        config.state_path.mkdir(parents=True, exist_ok=True)
+        self.turn = SharedTurn(multiprocessing.get_context("spawn"),
+                               first_claim_at(time.monotonic(), config.api.poll_interval),
+                               str(config.state_path / "claim-turn.lock"))
+        self.slots = [Slot(config, plan, self.turn) for plan in plans]
         self.on_report = on_report or (lambda report: None)
         sup = config.supervisor
         self.policy = RestartPolicy(sup.backoff_start, sup.backoff_cap, sup.healthy_reset,

@@ -28,6 +28,7 @@ import psutil
 import requests
 
 from worker.config import Config
+from worker.jobs.claim_turns import SharedTurn
 from worker.jobs.loop import SlotSpec, worker_process_main
 
 log = logging.getLogger(__name__)
@@ -310,9 +311,10 @@ class ComfyProcess:
 class WorkerProcess:
     """One slot's worker process (spawn context) with its own report and command queues."""
 
-    def __init__(self, config: Config, plan: SlotPlan) -> None:
+    def __init__(self, config: Config, plan: SlotPlan, turn: SharedTurn | None = None) -> None:
         self.config = config
         self.plan = plan
+        self.turn = turn                     # the box's claim turn, shared by every worker
         self.ctx = multiprocessing.get_context("spawn")
         self.process = None
         self.reports = None
@@ -330,7 +332,7 @@ class WorkerProcess:
         self.commands = self.ctx.Queue()
         self.process = self.ctx.Process(target=worker_process_main, name=f"worker-{self.plan.name}",
                                         args=(self.config, self.plan.spec, self.reports, self.commands,
-                                              os.getpid()))
+                                              os.getpid(), self.turn))
         self.pidfile.parent.mkdir(parents=True, exist_ok=True)
         kill_leftover(self.pidfile, f"worker of {self.plan.name}")
         self.process.start()

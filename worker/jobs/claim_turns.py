@@ -1,0 +1,98 @@
+"""One box, one idle claim per ``poll_interval``: the workers of a box take turns to ask GmAnimato.
+
+Every claim is a database transaction on GmAnimato. Polling on its own, each worker of an idle 8-GPU
+box would ask every ``poll_interval``: 8 claims per interval, in lockstep with every box started at the
+same time. Instead the supervisor gives its workers one shared turn (:class:`SharedTurn`: a time in
+shared memory and a lock, made in the supervisor before the workers are spawned): a worker may claim
+only once the box's next claim time has come, and it reserves the turn while it asks. What the answer
+was sets the box's next claim time (:func:`next_claim_at`, pure): a job — at once (the next idle worker
+claims right away: more may be queued); an empty queue — ``poll_interval`` later with ±20 % jitter
+(boxes drift apart instead of polling in lockstep); GmAnimato down, a bad secret, lost tasks — the
+worker's own backoff (:mod:`worker.jobs.pacing`), now for the whole box. A reservation lapses after
+``lease`` seconds, so a worker that died while asking does not stop its box. The first turn comes at
+a random point of the first ``poll_interval`` (a box restarted with others does not start in step).
+
+``local_worker.py`` has no supervisor and no turn: it paces itself as before.
+"""
+from __future__ import annotations
+
+import random
+from typing import Any, NamedTuple
+
+from worker.jobs import pacing as pc
+
+JITTER = 0.2
+RECHECK = 0.05                 # how often a waiting worker looks again while another one asks
+
+
+class Turn(NamedTuple):
+    go: bool                   # this worker may claim now (the turn is reserved for it)
+    next_at: float             # the box's next claim time, as it now stands
+    wait: float                # otherwise, how long to wait before asking again
+
+
+def take_turn(next_at: float, reserved: bool, now: float, lease: float) -> Turn:
+    """May a worker claim at ``now``? Yes once ``next_at`` has come; the turn is then reserved until
+    ``now + lease`` (pure)."""
+    if now >= next_at:
+        return Turn(True, now + lease, 0.0)
+    return Turn(False, next_at, min(next_at - now, RECHECK) if reserved else next_at - now)
+
+
+def next_claim_at(now: float, outcome: str, delay: float, poll_interval: float,
+                  rng: random.Random | None = None) -> float:
+    """The box's next claim time after a claim whose outcome was ``outcome`` and whose own pacing
+    asked for ``delay`` (pure but for the jitter's randomness)."""
+    if outcome == pc.JOB:
+        return now
+    if outcome == pc.EMPTY:
+        return now + poll_interval * (1.0 + (rng or random).uniform(-JITTER, JITTER))
+    return now + delay
+
+
+def first_claim_at(now: float, poll_interval: float, rng: random.Random | None = None) -> float:
+    return now + (rng or random).uniform(0.0, poll_interval)
+
+
+class SharedTurn:
+    """The box's turn across processes: ``next_at`` (``time.monotonic()``, one clock for every process
+    on Linux) and ``reserved`` in shared memory, changed under an ``flock`` on ``lock_path`` (released by
+    the kernel when its holder dies, so a worker killed mid-turn cannot wedge the box). Made by the
+    supervisor before its workers are spawned, and handed to each at its start."""
+
+    def __init__(self, ctx: Any, first_at: float, lock_path: str) -> None:
+        self._next_at = ctx.RawValue("d", first_at)
+        self._reserved = ctx.RawValue("b", 0)
+        self.lock_path = lock_path
+        self._fd: int | None = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_fd": None}          # each process opens the lock file itself
+
+    def _locked(self):
+        import contextlib
+        import fcntl
+        import os
+
+        if self._fd is None:
+            self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+
+        @contextlib.contextmanager
+        def held():
+            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        return held()
+
+    def take(self, now: float, lease: float) -> Turn:
+        with self._locked():
+            turn = take_turn(self._next_at.value, bool(self._reserved.value), now, lease)
+            if turn.go:
+                self._next_at.value, self._reserved.value = turn.next_at, 1
+            return turn
+
+    def give_back(self, next_at: float) -> None:
+        with self._locked():
+            self._next_at.value, self._reserved.value = next_at, 0
