@@ -28,7 +28,19 @@ class TooLarge(Exception):
 
 
 class TooSlow(Exception):
-    """The answer did not arrive whole before the deadline."""
+    """The answer did not arrive whole before the deadline; ``head``: its first bytes."""
+
+    def __init__(self, head: bytes = b"") -> None:
+        super().__init__("too slow")
+        self.head = head
+
+
+class BrokenOff(requests.ConnectionError):
+    """The connection broke in the middle of the answer; ``head``: its first bytes."""
+
+    def __init__(self, message: str, head: bytes = b"") -> None:
+        super().__init__(message)
+        self.head = head
 
 
 def describe_size(size: int) -> str:
@@ -44,17 +56,17 @@ def read_capped(response: requests.Response, limit: int, deadline: float | None 
     ``time.monotonic()`` value), in one growing buffer (no second copy). Network errors propagate as
     ``requests`` exceptions."""
     declared = response.headers.get("Content-Length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise TooLarge(limit)
     body = bytearray()
     raw = response.raw
     while True:
         if deadline is not None and time.monotonic() > deadline:
-            raise TooSlow()
+            raise TooSlow(bytes(body[:HEAD_KEPT]))
         try:
             chunk = raw.read1(min(CHUNK, limit + 1 - len(body)), decode_content=True)
         except Exception as exc:      # urllib3's errors -> requests' (what callers already handle)
-            raise requests.ConnectionError(str(exc)) from exc
+            raise BrokenOff(str(exc), bytes(body[:HEAD_KEPT])) from exc
         if not chunk:
             return body
         body += chunk
@@ -81,6 +93,6 @@ def error_text(response: requests.Response, limit: int = 64 * 1024) -> str:
         data = read_capped(response, limit, time.monotonic() + 10)
     except TooLarge as exc:
         data = exc.head
-    except (TooSlow, requests.RequestException):
+    except Exception:               # too slow, broken off, or a header no parser expected
         return ""
     return data.decode("utf-8", "replace")

@@ -2,7 +2,9 @@
 
 The socket is opened with our ``clientId`` *before* the prompt is queued, so no frame of the prompt
 can be missed (ComfyUI keeps no backlog). Binary frames (previews: event types 1 and 4) are skipped,
-text frames become :class:`Event`. A lost connection raises :class:`ComfyUnavailable`.
+text frames become :class:`Event`. A lost connection raises :class:`ComfyUnavailable`. A frame over
+``MAX_FRAME_BYTES`` (previews are a few hundred KB, events far less) is refused before it is read: the
+socket is dropped as if lost, so a misbehaving ComfyUI cannot take the worker's memory.
 """
 from __future__ import annotations
 
@@ -17,6 +19,23 @@ import websocket
 from handler.errors import ComfyUnavailable
 
 log = logging.getLogger(__name__)
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+
+def cap_frames(ws: websocket.WebSocket, limit: int = MAX_FRAME_BYTES) -> None:
+    """Make ``ws`` refuse a frame longer than ``limit`` when its header says so, before reading it
+    (websocket-client has no such setting: its frame reader's ``recv_strict`` is wrapped)."""
+    buffer = getattr(ws, "frame_buffer", None)
+    read = getattr(buffer, "recv_strict", None)
+    if read is None:
+        return
+
+    def capped(size: int) -> bytes:
+        if size > limit:
+            raise websocket.WebSocketPayloadException(f"a frame of {size} bytes, over {limit}")
+        return read(size)
+    buffer.recv_strict = capped
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,7 @@ class EventStream:
         try:
             self._ws = websocket.create_connection(self.url, timeout=self.connect_timeout,
                                                    enable_multithread=True)
+            cap_frames(self._ws)
         except (OSError, websocket.WebSocketException) as exc:
             raise ComfyUnavailable(f"cannot open ComfyUI's websocket ({exc})") from exc
 

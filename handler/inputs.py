@@ -29,15 +29,28 @@ from handler import media
 from handler.bounded import TooLarge, TooSlow, read_capped
 from handler.errors import InputError, TransientError
 from handler.guarded_http import AddressRefused, guarded_session
-from handler.untrusted import display_url
+from handler.untrusted import display_url, url_origin
 
 MAX_INPUT_BYTES = 100 * 1024 * 1024   # ComfyUI's default --max-upload-size
 MAX_REDIRECTS = 5
 Address = "ipaddress.IPv4Address | ipaddress.IPv6Address"
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
 def is_public_address(address: "ipaddress.IPv4Address | ipaddress.IPv6Address") -> bool:
-    """Routable on the internet: not loopback, private, link-local, multicast, reserved or unspecified."""
+    """Routable on the internet: not loopback, private, link-local, multicast, reserved or unspecified;
+    an IPv6 address that carries an IPv4 one (mapped, 6to4, Teredo, NAT64) only if that one is public."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in IPV4_COMPATIBLE:
+            return False
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if embedded is None and address in NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public_address(embedded)
     return address.is_global and not address.is_multicast
 
 
@@ -77,16 +90,14 @@ def decode_base64(name: str, source: str, limit: int = MAX_INPUT_BYTES) -> bytes
     return data
 
 
-def host_key(url: str) -> tuple[str, int]:
-    parts = urlsplit(url)
-    return (parts.hostname or "").lower(), parts.port or (443 if parts.scheme == "https" else 80)
-
-
 def redirect_allowed_plainly(origin: str, target: str, rules: InputRules) -> bool:
-    """A hop that needs no address check: the first URL's own host, or one the operator listed (pure)."""
-    host, port = host_key(target)
-    return (host, port) == host_key(origin) or host in rules.redirect_hosts \
-        or f"{host}:{port}" in rules.redirect_hosts
+    """A hop that needs no address check: the first URL's own host (its port, or http→https on the
+    default ports), or one the operator listed (pure). ``ValueError`` for an ambiguous URL."""
+    _, host, port = url_origin(target)
+    _, first_host, first_port = url_origin(origin)
+    if host == first_host and (port == first_port or {port, first_port} <= {80, 443}):
+        return True
+    return host in rules.redirect_hosts or f"{host}:{port}" in rules.redirect_hosts
 
 
 def download(name: str, url: str, session: requests.Session, rules: InputRules = InputRules()) -> bytes:
@@ -96,7 +107,10 @@ def download(name: str, url: str, session: requests.Session, rules: InputRules =
     for _hop in range(MAX_REDIRECTS + 1):
         if urlsplit(current).scheme not in ("http", "https"):
             raise InputError(f"input {name}: redirected to {display_url(current)}, which is not http(s)")
-        plain = redirect_allowed_plainly(url, current, rules)
+        try:
+            plain = redirect_allowed_plainly(url, current, rules)
+        except ValueError as exc:
+            raise InputError(f"input {name}: {display_url(current)} is not a usable URL ({exc})") from None
         client = session if plain else guarded_session(rules.is_public)
         try:
             with client.get(current, stream=True, allow_redirects=False,
@@ -117,7 +131,10 @@ def download(name: str, url: str, session: requests.Session, rules: InputRules =
         finally:
             if client is not session:
                 client.close()
-        current = urljoin(current, location)
+        try:
+            current = urljoin(current, location)
+        except ValueError:
+            raise InputError(f"input {name}: redirected to a location that is not a URL") from None
     raise InputError(f"input {name}: more than {MAX_REDIRECTS} redirects from {display_url(url)}")
 
 

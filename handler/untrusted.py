@@ -10,8 +10,9 @@ from __future__ import annotations
 import re
 from urllib.parse import urlsplit
 
-# C0 controls (newline and tab included), DEL, C1 controls, and the Unicode line/paragraph separators
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# C0 controls (newline and tab included), DEL, C1 controls, the Unicode line/paragraph separators, and
+# lone surrogates (what a non-UTF-8 file name decodes to: no UTF-8 encoder takes them)
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _URL_CREDENTIALS = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^\s/@'\"<>]+@")
 _URL_QUERY = re.compile(r"(?i)\b((?:https?|wss?)://[^\s?#'\"<>]*)\?[^\s'\"<>)\]]*")
 
@@ -22,6 +23,11 @@ def _escape(match: re.Match) -> str:
     if char in named:
         return named[char]
     return f"\\x{ord(char):02x}" if ord(char) < 0x100 else f"\\u{ord(char):04x}"
+
+
+def encodable(text: str) -> str:
+    """``text`` that any UTF-8 encoder takes (lone surrogates written as ``\\udcff``)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def printable(text: str) -> str:
@@ -40,6 +46,22 @@ def safe_text(text: object, limit: int | None = None) -> str:
     if limit is not None and len(shown) > limit:
         shown = shown[: max(0, limit - 1)] + "…"
     return shown
+
+
+def url_origin(url: str) -> tuple[str, str, int]:
+    """(scheme, host, port) of an http(s) URL, as the HTTP library will connect to it. ``ValueError`` for
+    a URL that two parsers could read differently (a backslash, whitespace, a control character, hosts
+    that disagree), or that is not http(s): a check made on one reading must hold for the other."""
+    from urllib3.util import parse_url
+
+    if not url.isprintable() or any(char in url for char in "\\ \t"):
+        raise ValueError("the URL holds a backslash, whitespace or a control character")
+    parts, split = parse_url(url), urlsplit(url)
+    host = (parts.host or "").strip("[]").lower()
+    if not host or host != (split.hostname or "").lower() or parts.scheme not in ("http", "https"):
+        raise ValueError("not an unambiguous http(s) URL")
+    default = 443 if parts.scheme == "https" else 80
+    return parts.scheme, host, split.port or default
 
 
 def display_url(url: str) -> str:

@@ -12,6 +12,7 @@ environment, and it reads it only when :func:`load_config` is called.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import math
 import os
 import re
@@ -543,8 +544,20 @@ def _validate(config: Config) -> None:
         comfy_base_url(address)
     if config.webhook.signing_secret:
         signing_key(config.webhook.signing_secret)
+    for dotted in ("api.callback_hosts", "inputs.redirect_hosts"):
+        for host in _get_dotted(config, dotted):
+            if not HOST_PATTERN.fullmatch(host.strip()):
+                raise ConfigError(f"{dotted}: each entry must be a host name or address, optionally with "
+                                  f":port, got {_show.repr(host)}")
+    for address in config.inputs.treat_as_public:
+        try:
+            ipaddress.ip_address(address)
+        except ValueError:
+            raise ConfigError(f"inputs.treat_as_public: each entry must be an IP address, got "
+                              f"{_show.repr(address)}") from None
 
 
+HOST_PATTERN = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.:_-]+)(:[0-9]{1,5})?")
 REGION_PATTERN = re.compile(r"(?![0-9]+$)(?!-)[a-zA-Z0-9-]{1,63}(?<!-)")   # botocore's host label
 
 

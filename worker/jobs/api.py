@@ -125,7 +125,8 @@ class GmAnimatoClient:
             raise LostTask(f"the claimed task is larger than {describe_size(MAX_TASK_BYTES)}; it was not read",
                            _salvaged(exc.head, self.base_url)) from None
         except Exception as exc:       # too slow, or the connection broke in the middle of the task
-            raise LostTask(f"the claimed task could not be read whole ({type(exc).__name__})", {}) from None
+            raise LostTask(f"the claimed task could not be read whole ({type(exc).__name__})",
+                           _salvaged(getattr(exc, "head", b""), self.base_url)) from None
         if looks_like_html(raw, response.headers.get("Content-Type", "")):
             raise AuthError(f"GET {TASK_PATH} answered 200 with an HTML page, not a task: is api.url "
                             f"({self.shown_url}) the GmAnimato origin (not a login page or a proxy)?", 200)
@@ -167,12 +168,12 @@ class GmAnimatoClient:
                      message_id: str = "") -> WebhookAnswer:
         """POST one webhook; returns its answer (its body read only up to ``MAX_ANSWER_BYTES``). Network
         errors raise :class:`ApiUnavailable`. ``message_id`` names the message when signing is on."""
-        payload = signing.encode_body(body)
-        headers = {"Content-Type": "application/json"}
-        if self._signing_key:
-            headers.update(signing.signed_headers(self._signing_key, message_id or signing.fresh_message_id(),
-                                                  int(time.time()), payload))
         try:
+            payload = signing.encode_body(body)
+            headers = {"Content-Type": "application/json"}
+            if self._signing_key:
+                headers.update(signing.signed_headers(self._signing_key, message_id or signing.fresh_message_id(),
+                                                      int(time.time()), payload))
             with self.session.post(url, data=payload, headers=headers, timeout=timeout or self.timeout,
                                    allow_redirects=False, stream=True) as response:
                 if response.status_code < 300:

@@ -16,8 +16,9 @@ from typing import Any
 
 
 def encode_body(body: Any) -> bytes:
-    """The exact bytes sent (and signed) for a webhook body."""
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """The exact bytes sent (and signed) for a webhook body: ASCII JSON, so any text (a lone surrogate
+    from a non-UTF-8 file name too) encodes."""
+    return json.dumps(body, separators=(",", ":")).encode("ascii")
 
 
 def message_id(body: Any) -> str:

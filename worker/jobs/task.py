@@ -26,7 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from handler.errors import InputError
-from handler.untrusted import display_url, safe_text
+from handler.untrusted import display_url, safe_text, url_origin
 
 JOB_PREFIX = "local-"
 ID_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,200}")
@@ -233,7 +233,11 @@ def _callback(value: Any, fallback: str, rules: TaskRules, ids: dict) -> tuple[s
         ok = ok and (parts.port is None or parts.port > 0)
     except ValueError:
         ok = False
-    if not ok or not value.isprintable():
+    try:
+        ok = ok and bool(url_origin(value))
+    except ValueError:
+        ok = False
+    if not ok:
         raise TaskError(f"task callback_url is not an http(s) URL: {_shown(value)}", **ids)
     if callback_allowed(value, rules):
         return value, ()
@@ -242,21 +246,16 @@ def _callback(value: Any, fallback: str, rules: TaskRules, ids: dict) -> tuple[s
 
 
 def callback_allowed(url: str, rules: TaskRules) -> bool:
-    """Same origin as ``api.url`` (scheme, host, port), or a host listed in ``api.callback_hosts``."""
+    """Same origin as ``api.url`` (scheme, host, port), or a host listed in ``api.callback_hosts``; both
+    read as the HTTP library will connect (:func:`handler.untrusted.url_origin`)."""
     try:
-        target, api = urlsplit(url), urlsplit(rules.api_url)
-        origin = (target.scheme, target.hostname, target.port or _default_port(target.scheme))
-        if origin == (api.scheme, api.hostname, api.port or _default_port(api.scheme)):
+        scheme, host, port = url_origin(url)
+        if (scheme, host, port) == url_origin(rules.api_url):
             return True
-        listed = {h.strip().lower() for h in rules.callback_hosts}
-        host = (target.hostname or "").lower()
-        return host in listed or f"{host}:{target.port or _default_port(target.scheme)}" in listed
     except ValueError:
         return False
-
-
-def _default_port(scheme: str) -> int:
-    return 443 if scheme == "https" else 80
+    listed = {h.strip().lower() for h in rules.callback_hosts}
+    return host in listed or f"{host}:{port}" in listed
 
 
 def _workflow(value: Any, ids: dict) -> dict:

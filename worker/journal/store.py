@@ -194,7 +194,7 @@ class Journal:
             _put_blob(db, seq, "final_body", json.dumps({**body, "files": FILES_REF} if refer else body))
             db.execute("UPDATE jobs SET phase=?, queued_at=COALESCE(queued_at, ?), next_send_at=NULL, "
                        "last_error=COALESCE(?, last_error), updated_at=? WHERE seq=?",
-                       (Phase.FINAL_QUEUED.value, now, error, now, seq))
+                       (Phase.FINAL_QUEUED.value, now, _text(error), now, seq))
             record = self._get(db, seq)
         return self._wrote("final_queued", record)
 
@@ -205,7 +205,7 @@ class Journal:
             self._move(db, seq, Phase.FINAL_QUEUED)
             db.execute("UPDATE jobs SET sends=sends+?, last_http=?, last_error=COALESCE(?, last_error), "
                        "next_send_at=?, updated_at=? WHERE seq=?",
-                       (sends, last_http, error, next_send_at, now, seq))
+                       (sends, last_http, _text(error), next_send_at, now, seq))
             return self._get(db, seq)
 
     def close_job(self, seq: int, phase: Phase, now: float, sends: int = 0, last_http: int | None = None,
@@ -224,14 +224,14 @@ class Journal:
                     _put_blob(db, seq, "final_body", kept)
             db.execute("UPDATE jobs SET phase=?, sends=sends+?, last_http=COALESCE(?, last_http), "
                        "last_error=COALESCE(?, last_error), next_send_at=NULL, closed_at=?, updated_at=? "
-                       "WHERE seq=?", (phase.value, sends, last_http, error, now, now, seq))
+                       "WHERE seq=?", (phase.value, sends, last_http, _text(error), now, now, seq))
             record = self._get(db, seq)
         return self._wrote(phase.value, record)
 
     def note_error(self, seq: int, error: str, now: float) -> None:
         """Why the last attempt ended (kept for the message of a later failure)."""
         with self._tx() as db:
-            db.execute("UPDATE jobs SET last_error=?, updated_at=? WHERE seq=?", (error, now, seq))
+            db.execute("UPDATE jobs SET last_error=?, updated_at=? WHERE seq=?", (_text(error), now, seq))
 
     def adopt_outbox(self, slot: str, now: float) -> int:
         """At a worker's start: every final webhook of ``slot`` left by a dead process goes to the outbox."""
@@ -349,6 +349,11 @@ class Journal:
     def _wrote(self, point: str, record: JobRecord) -> JobRecord:
         self._on_write(point, record)
         return record
+
+
+def _text(value: str | None) -> str | None:
+    """Free text (an error message that may quote outside bytes) as SQLite's UTF-8 takes it."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8") if isinstance(value, str) else value
 
 
 def _put_blob(db: sqlite3.Connection, seq: int, name: str, text: str) -> None:
