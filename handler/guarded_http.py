@@ -20,6 +20,24 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.exceptions import NewConnectionError
 
 
+NAT64 = ipaddress.ip_network("64:ff9b::/96")
+IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def is_public_address(address: "ipaddress.IPv4Address | ipaddress.IPv6Address") -> bool:
+    """Routable on the internet: not loopback, private, link-local, multicast, reserved or unspecified;
+    an IPv6 address that carries an IPv4 one (mapped, 6to4, Teredo, NAT64) only if that one is public."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in IPV4_COMPATIBLE:
+            return False
+        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
+        if embedded is None and address in NAT64:
+            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        if embedded is not None:
+            return is_public_address(embedded)
+    return address.is_global and not address.is_multicast
+
+
 class AddressRefused(Exception):
     """The host resolves only to addresses the rule does not allow (loopback, private, ...)."""
 

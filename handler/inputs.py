@@ -28,30 +28,11 @@ import requests
 from handler import media
 from handler.bounded import TooLarge, TooSlow, read_capped
 from handler.errors import InputError, TransientError
-from handler.guarded_http import AddressRefused, guarded_session
+from handler.guarded_http import AddressRefused, guarded_session, is_public_address
 from handler.untrusted import display_url, url_origin
 
 MAX_INPUT_BYTES = 100 * 1024 * 1024   # ComfyUI's default --max-upload-size
 MAX_REDIRECTS = 5
-Address = "ipaddress.IPv4Address | ipaddress.IPv6Address"
-
-
-NAT64 = ipaddress.ip_network("64:ff9b::/96")
-IPV4_COMPATIBLE = ipaddress.ip_network("::/96")
-
-
-def is_public_address(address: "ipaddress.IPv4Address | ipaddress.IPv6Address") -> bool:
-    """Routable on the internet: not loopback, private, link-local, multicast, reserved or unspecified;
-    an IPv6 address that carries an IPv4 one (mapped, 6to4, Teredo, NAT64) only if that one is public."""
-    if isinstance(address, ipaddress.IPv6Address):
-        if address in IPV4_COMPATIBLE:
-            return False
-        embedded = address.ipv4_mapped or address.sixtofour or (address.teredo or (None, None))[1]
-        if embedded is None and address in NAT64:
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None:
-            return is_public_address(embedded)
-    return address.is_global and not address.is_multicast
 
 
 @dataclass(frozen=True)
@@ -123,9 +104,6 @@ def download(name: str, url: str, session: requests.Session, rules: InputRules =
             raise InputError(f"input {name}: redirected to {display_url(current)}, which {exc}; list the host in "
                              "inputs.redirect_hosts if it is trusted") from None
         except requests.RequestException as exc:
-            if isinstance(exc.__context__, AddressRefused) or "AddressRefused" in str(exc):
-                raise InputError(f"input {name}: redirected to {display_url(current)}, which is not a public "
-                                 "address; list the host in inputs.redirect_hosts if it is trusted") from None
             raise TransientError(f"input {name}: cannot download {display_url(current)} "
                                  f"({type(exc).__name__})") from exc
         finally:
@@ -141,7 +119,7 @@ def download(name: str, url: str, session: requests.Session, rules: InputRules =
 def _read_answer(name: str, url: str, response: requests.Response, rules: InputRules, deadline: float) -> bytes:
     if 400 <= response.status_code < 500:
         raise InputError(f"input {name}: {display_url(url)} answered HTTP {response.status_code}")
-    if response.status_code >= 500 or response.status_code >= 300:
+    if response.status_code >= 300:
         raise TransientError(f"input {name}: {display_url(url)} answered HTTP {response.status_code}")
     try:
         data = read_capped(response, rules.max_bytes, deadline)

@@ -16,6 +16,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -253,9 +254,7 @@ def store_outputs(refs: list[out.OutputRef], request: ExecutionRequest, deps: Ex
 
 
 def _opener(deps: ExecutionDeps, ref: out.OutputRef):
-    """Opens the file's stream; a video must start like an MP4/WebM, and be more than its head."""
-    from contextlib import contextmanager
-
+    """Opens the file's stream; a video must start like an MP4/WebM."""
     @contextmanager
     def opened():
         with deps.comfy.open_output(ref.filename, ref.subfolder, ref.type) as body:

@@ -113,8 +113,6 @@ class GmAnimatoClient:
                             f"is api.url ({self.shown_url}) the GmAnimato origin?", status)
         if status >= 500:
             self._raise_server_error(response)
-        if status == 429:
-            raise ApiUnavailable(f"GmAnimato answered HTTP {status} to the task claim: {_body(response)}")
         raise ApiUnavailable(f"GmAnimato answered HTTP {status} to the task claim: {_body(response)}")
 
     def _read_task(self, response: requests.Response) -> Any:

@@ -16,7 +16,11 @@ a random point of the first ``poll_interval`` (a box restarted with others does 
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import random
+from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 from worker.jobs import pacing as pc
@@ -69,22 +73,15 @@ class SharedTurn:
     def __getstate__(self) -> dict:
         return {**self.__dict__, "_fd": None}          # each process opens the lock file itself
 
-    def _locked(self):
-        import contextlib
-        import fcntl
-        import os
-
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
         if self._fd is None:
             self._fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-
-        @contextlib.contextmanager
-        def held():
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(self._fd, fcntl.LOCK_UN)
-        return held()
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
 
     def take(self, now: float, lease: float) -> Turn:
         with self._locked():
