@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 MAX_JSON_BYTES = 64 * 1024 * 1024
 MAX_ERROR_BYTES = 16 * 1024
+READ_PIECE = 1024 * 1024       # an output is read from /view in pieces of at most this
 
 
 class OutputBody(io.RawIOBase):
@@ -52,24 +53,26 @@ class OutputBody(io.RawIOBase):
             raise ComfyUnavailable(f"ComfyUI broke off sending {self._label} ({type(exc).__name__})") from exc
 
     def read(self, size: int = -1) -> bytes:
-        """Up to ``size`` bytes (all that is left with -1): short only at the end of the file. Filled in
-        place, one buffer per call."""
-        if size is None or size < 0:
-            parts = []
-            while chunk := self.read(1024 * 1024):
-                parts.append(chunk)
-            return b"".join(parts)
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        filled = 0
-        while filled < size:
-            count = self.readinto(view[filled:])
-            if not count:
+        """Up to ``size`` bytes (all that is left with -1): short only at the end of the file. Read in
+        pieces of at most :data:`READ_PIECE`, so a large ``size`` (a cap) costs nothing up front."""
+        limit = None if size is None or size < 0 else size
+        parts: list[bytes] = []
+        got = 0
+        while limit is None or got < limit:
+            piece = self._take(READ_PIECE if limit is None else min(READ_PIECE, limit - got))
+            if not piece:
                 break
-            filled += count
-        view.release()
-        del buffer[filled:]
-        return bytes(buffer)
+            parts.append(piece)
+            got += len(piece)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _take(self, amount: int) -> bytes:
+        if self._pending:
+            piece, self._pending = self._pending[:amount], self._pending[amount:]
+            return piece
+        data = self._read(amount)
+        self.size += len(data)
+        return data
 
     def readinto(self, buffer: Any) -> int:
         if self._pending:

@@ -7,7 +7,11 @@ output store, a progress callback, a step callback and an abort check) and gets 
 
 ``on_step`` is called, and must have returned, before the step it names is acted on:
 ``inputs_uploaded`` after the uploads, ``prompt_queueing`` (with the prompt id, client id and ComfyUI
-address) just before ``POST /prompt``. :func:`resume_job` picks up a prompt queued by an earlier
+address) just before ``POST /prompt``. It also names what ComfyUI does with the prompt, as it happens:
+``execution_started`` (ComfyUI took it up: a prompt queued behind another waits for this),
+``progress_tail`` (every node that reports progress is done, see :func:`handler.watch.in_tail`) and
+``execution_ended`` (with ``outcome``: the GPU is free for the next prompt; outputs are fetched and
+stored after it). :func:`resume_job` picks up a prompt queued by an earlier
 process: it follows the prompt to its end (or reads its history) under the same client id.
 """
 from __future__ import annotations
@@ -66,6 +70,7 @@ class ExecutionDeps:
     client_id: str = field(default_factory=lambda: f"gmanimato-worker-{uuid.uuid4().hex[:12]}")
     receive_tick: float = 0.25
     input_rules: InputRules = field(default_factory=InputRules)
+    progress_types: set[str] = field(default_factory=set)   # node types seen reporting progress (shared)
 
 
 @dataclass(frozen=True)
@@ -172,9 +177,21 @@ def check_abort(watch: w.PromptWatch, deps: ExecutionDeps, deadline: float) -> N
                               f"interrupted at {watch.describe_node(watch.current_node)}")
 
 
+MAX_PROGRESS_TYPES = 256
+
+
 def report_progress(old: w.PromptWatch, new: w.PromptWatch, deps: ExecutionDeps) -> w.PromptWatch:
+    """Tell the caller what changed: the prompt started, its tail began, its progress moved, it ended."""
+    if new.started and not old.started:
+        deps.on_step("execution_started", {})
+    if new.reporting != old.reporting and len(deps.progress_types) < MAX_PROGRESS_TYPES:
+        deps.progress_types.update(w.reporting_types(new))
     if new.progress != old.progress and not new.done:
+        if not w.in_tail(old, deps.progress_types) and w.in_tail(new, deps.progress_types):
+            deps.on_step("progress_tail", {})
         deps.on_progress(new.progress.snapshot(), new.current_node != old.current_node)
+    if new.done and not old.done:
+        deps.on_step("execution_ended", {"outcome": new.outcome})
     return new
 
 
@@ -201,7 +218,7 @@ def catch_up(watch: w.PromptWatch, deps: ExecutionDeps) -> w.PromptWatch:
         raise ComfyUnavailable(f"ComfyUI at {deps.comfy.base_url} does not know the prompt (it restarted "
                                f"and lost it) while running {watch.describe_node(watch.current_node)}")
     if entry is not None:
-        return w.apply_history(watch, entry)
+        return report_progress(watch, w.apply_history(watch, entry), deps)
     log.debug("prompt %s: still queued or running", watch.prompt_id)
     return watch
 

@@ -3,6 +3,11 @@
 The outcome is final at ``execution_success`` / ``execution_error`` / ``execution_interrupted``: the
 worker need not wait for the ``executing`` ``node: null`` frame that follows ComfyUI's clean-up
 (~200 ms on a GPU). Outputs are named by the ``executed`` frames of output nodes.
+
+The *tail* of a prompt (:func:`in_tail`) begins once every node that reports progress (a sampler, an
+upscaler: a node type seen sending ``progress`` frames, or named like one) is done: what is left is
+decoding, encoding and saving, which send none. A worker sends no progress webhook in the tail, so the
+final webhook never waits behind one.
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ class PromptWatch:
     executed: Mapping[str, Any] = field(default_factory=dict)   # node id -> ui output
     error: Mapping[str, Any] = field(default_factory=dict)      # execution_error/interrupted data
     started: bool = False
+    reporting: frozenset[str] = frozenset()                     # node ids that sent progress frames
 
     @property
     def done(self) -> bool:
@@ -86,7 +92,10 @@ def _on_progress(watch: PromptWatch, data: dict) -> PromptWatch:
     if not (math.isfinite(value) and math.isfinite(maximum)):
         return watch
     node = data.get("node")
-    return replace(watch, progress=prog.on_node_progress(watch.progress, node, value, maximum))
+    progress = prog.on_node_progress(watch.progress, node, value, maximum)
+    current = progress.current
+    reporting = watch.reporting | {current} if current in watch.classes else watch.reporting
+    return replace(watch, progress=progress, reporting=reporting)
 
 
 def _on_executed(watch: PromptWatch, data: dict) -> PromptWatch:
@@ -120,6 +129,29 @@ _HANDLERS = {
     "execution_error": _on_error,
     "execution_interrupted": _on_interrupted,
 }
+
+
+PROGRESS_MARKERS = ("Sampler", "Upscale")     # class names of node types that send progress frames
+
+
+def reports_progress(class_type: str, known: frozenset[str] | set[str] = frozenset()) -> bool:
+    """Whether a node of this type sends ``progress`` frames: seen doing so (``known``), or named like
+    a sampler or an upscaler."""
+    return class_type in known or any(marker in class_type for marker in PROGRESS_MARKERS)
+
+
+def in_tail(watch: PromptWatch, known: frozenset[str] | set[str] = frozenset()) -> bool:
+    """Every node that reports progress is done, and there was at least one: only silent nodes (decode,
+    encode, save) are left (pure). A workflow with no such node has no tail."""
+    if not watch.started:
+        return False
+    reporting = [n for n, cls in watch.classes.items() if n in watch.reporting or reports_progress(cls, known)]
+    return bool(reporting) and all(n in watch.progress.done for n in reporting)
+
+
+def reporting_types(watch: PromptWatch) -> set[str]:
+    """The node types this prompt saw sending progress frames (to carry over to the next prompts)."""
+    return {watch.classes[n] for n in watch.reporting if n in watch.classes}
 
 
 def apply_history(watch: PromptWatch, entry: Mapping[str, Any]) -> PromptWatch:

@@ -105,6 +105,8 @@ class JobsConfig:
     resume_max_age: float = 1500.0  # claimed longer ago than this: reported failed instead of re-run
     keep_closed: float = 604800.0   # finished journal rows are pruned after this many seconds
     allowed_node_types: tuple[str, ...] = ()  # node class_types a task's workflow may use (empty: any)
+    prefetch: bool = True         # claim and queue the next job while the running one is near its end
+    prefetch_window: float = 10.0   # ... "near": its estimated time left is under this many seconds
 
 
 @dataclass(frozen=True)
@@ -190,7 +192,8 @@ POSITIVE = {"api.poll_interval", "api.timeout", "api.auth_retry_interval", "api.
             "supervisor.probe_interval", "supervisor.probe_timeout", "supervisor.backoff_start",
             "supervisor.log_max_bytes", "supervisor.backoff_cap",
             "supervisor.restart_window", "supervisor.drain_timeout", "webhook.expiry",
-            "webhook.outbox_max_delay", "jobs.max_attempts", "jobs.resume_max_age", "jobs.keep_closed"}
+            "webhook.outbox_max_delay", "jobs.max_attempts", "jobs.resume_max_age", "jobs.keep_closed",
+            "jobs.prefetch_window"}
 NON_NEGATIVE = {"webhook.max_retries", "webhook.retry_delay", "supervisor.healthy_reset",
                 "supervisor.max_restarts", "supervisor.stop_grace", "supervisor.log_backups",
                 "storage.retry_for"}

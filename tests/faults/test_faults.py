@@ -93,6 +93,22 @@ def test_worker_killed_during_execution_follows_the_running_prompt(own_gma, rig)
 
 
 @pytest.mark.timeout(120)
+def test_worker_killed_with_a_prefetched_job_queued_behind_the_running_one_recovers_both(own_gma, rig):
+    r = rig(own_gma)
+    sup, running = running_job(r, 40)
+    queued = long_job(own_gma, 3)
+    wait_until(lambda: r.row(queued).get("phase") == "prompt_queued", 30, 0.05, "the next job queued behind")
+    assert own_gma.videos()[running]["status"] == "processing"      # the first one still running
+    prompts = {vid: r.row(vid)["prompt_id"] for vid in (running, queued)}
+    kill_worker(sup, worker_pid(sup))
+    r.check_promise({running: "completed", queued: "completed"})
+    for vid, prompt in prompts.items():                             # both followed: no GPU work repeated
+        assert [e["prompt_id"] for e in r.executions(vid)] == [prompt], vid
+        assert f"following prompt {prompt} on ComfyUI" in sup.output()
+    stop(sup)
+
+
+@pytest.mark.timeout(120)
 def test_worker_killed_after_outputs_are_stored_sends_the_stored_result(own_gma, rig):
     r = rig(own_gma)
     r.hold_at("journal:outputs_stored")

@@ -55,3 +55,35 @@ def test_a_worker_killed_while_it_holds_the_lock_does_not_wedge_the_box(tmp_path
     finally:
         if child.is_alive():
             child.kill()
+
+
+def test_a_prefetch_gives_way_to_an_idle_worker():
+    from worker.jobs.claim_turns import IDLE_PRESENCE, PREFETCH_RECHECK
+    assert take_turn(10.0, False, 10.0, 35.0, prefetch=True, others_idle_at=9.0) == (False, 10.0, PREFETCH_RECHECK)
+    assert take_turn(10.0, False, 10.0, 35.0, prefetch=True, others_idle_at=10.0 - IDLE_PRESENCE).go
+    assert take_turn(10.0, False, 10.0, 35.0, prefetch=False, others_idle_at=9.9).go   # idle: no matter
+
+
+def test_seats_say_which_workers_are_idle(tmp_path):
+    turn = SharedTurn(multiprocessing.get_context("spawn"), 0.0, str(tmp_path / "claim-turn.lock"), seats=2)
+    busy, idle = turn.seat(0), turn.seat(1)
+    now = time.monotonic()
+    assert busy.take(now, 30.0).go                        # seat 0 claims while idle ...
+    busy.give_back(now, got_job=True)                     # ... gets a job: no longer idle
+    assert busy.take(now, 30.0, prefetch=True).go         # its own old idle ask does not stop its prefetch
+    busy.give_back(now, got_job=True)
+    assert not idle.take(now - 1.0, 30.0).go              # seat 1 asks while idle (not its turn yet)
+    assert not busy.take(now, 30.0, prefetch=True).go     # so the busy seat's prefetch waits
+    assert idle.take(now, 30.0).go
+    idle.give_back(now, got_job=True)                     # the idle one took the job
+    assert busy.take(now, 30.0, prefetch=True).go
+
+
+def test_a_turn_handed_on_too_soon_can_be_put_off_but_never_brought_forward(tmp_path):
+    seat = SharedTurn(multiprocessing.get_context("spawn"), 0.0, str(tmp_path / "claim-turn.lock")).seat(0)
+    now = time.monotonic()
+    seat.give_back(now, got_job=True)                     # handed on at once: the answer looked like a job
+    seat.postpone(now + 9.0)                              # ... but it was a lost one: back off box-wide
+    assert not seat.take(now + 1.0, 30.0).go
+    seat.postpone(now + 2.0)
+    assert not seat.take(now + 3.0, 30.0).go and seat.take(now + 9.0, 30.0).go

@@ -94,3 +94,30 @@ def test_orphan_moves_take_every_dead_slot_to_a_live_one(open_by_slot, live):
     moves = orphan_moves(open_by_slot, live)
     assert set(moves) == {s for s in open_by_slot if s not in live}
     assert set(moves.values()) <= set(live)
+
+
+def test_a_recovery_asked_for_mid_run_leaves_this_processs_own_running_jobs_alone(tmp_path, monkeypatch):
+    import threading
+    from types import SimpleNamespace
+
+    from worker.jobs import recovery
+    from worker.jobs.pipeline import JobLanes
+    from worker.journal.store import Journal
+
+    journal = Journal.open(tmp_path)
+    mine = journal.record_claim("gpu0", '{"id": "local-mine"}', 1.0)
+    moved = journal.record_claim("gpu0", '{"id": "local-moved"}', 2.0)   # moved here from a dead slot
+    lanes = JobLanes()
+    release = threading.Event()
+    class Run:                                  # what the lanes hold: a JobRun, known by its journal row
+        seq = mine.seq
+
+    lanes.start(Run(), lambda: release.wait(10), "job-mine")
+    recovered = []
+    monkeypatch.setattr(recovery, "recover_job", lambda worker, record: recovered.append(record.seq))
+    worker = SimpleNamespace(journal=journal, lanes=lanes, slot=SimpleNamespace(name="gpu0", label="GPU 0"),
+                             draining=threading.Event(), comfy_fatal=False)
+    recovery.recover_slot(worker)
+    release.set()
+    assert lanes.join(10)
+    assert recovered == [moved.seq]

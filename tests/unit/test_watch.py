@@ -78,3 +78,38 @@ def test_binary_and_junk_frames_are_skipped_and_unknown_types_tolerated():
     event = parse_frame('{"type": "new_kind_of_frame", "data": {"prompt_id": "p1"}}')
     watch = w.start_watch("p1", {"1": {"class_type": "X"}}, {})
     assert w.apply_event(watch, event) == watch
+
+
+def test_the_tail_begins_once_the_sampler_is_done():
+    frames = CAPTURE["frames"]
+    watch = w.start_watch(CAPTURE["prompt_id"], CAPTURE["workflow"], WEIGHTS)
+    tail_at = None
+    for frame in frames:
+        watch = w.apply_event(watch, Event(frame["type"], frame["data"]))
+        if tail_at is None and w.in_tail(watch):
+            tail_at = frame
+    assert tail_at == next(f for f in frames if f["type"] == "executing" and f["data"]["node"] == "4")
+    assert w.reporting_types(watch) == {"WanMoeKSampler"}
+
+
+def test_a_node_type_seen_reporting_progress_counts_though_not_named_like_a_sampler():
+    workflow = {"1": {"class_type": "LoadImage"}, "2": {"class_type": "FancyDiffusion"},
+                "3": {"class_type": "SaveVideo"}}
+    watch = w.start_watch("p", workflow, {})
+
+    def feed(watch, kind, data):
+        return w.apply_event(watch, Event(kind, {**data, "prompt_id": "p"}))
+
+    watch = feed(watch, "execution_start", {})
+    watch = feed(watch, "executing", {"node": "2"})
+    assert not w.in_tail(watch)                           # nothing reports progress that it knows of
+    watch = feed(watch, "progress", {"node": "2", "value": 1, "max": 4})
+    watch = feed(watch, "progress", {"node": "99", "value": 1, "max": 4})   # not in the workflow: ignored
+    assert watch.reporting == {"2"}
+    watch = feed(watch, "executing", {"node": "3"})
+    assert w.in_tail(watch)
+    fresh = feed(feed(w.start_watch("p", workflow, {}), "execution_start", {}), "executing", {"node": "3"})
+    assert not w.in_tail(fresh)                           # a new prompt knows nothing of node 2's type ...
+    assert not w.in_tail(feed(fresh, "executing", {"node": "2"}), {"FancyDiffusion"})   # ... unless told
+    assert w.in_tail(feed(feed(fresh, "executing", {"node": "2"}), "executing", {"node": "3"}),
+                     {"FancyDiffusion"})

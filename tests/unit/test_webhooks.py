@@ -105,3 +105,55 @@ def test_progress_is_throttled_but_node_changes_pass():
     final(h, completed_payload("local-v", []))
     sent = [c.get("progress", {}).get("percentage") for c in api.calls if c["status"] == "processing"]
     assert 2.0 not in sent and sent[-1] == 3.0
+
+
+def test_after_end_progress_nothing_more_is_offered_but_the_one_in_flight_is_waited_for():
+    api = RecordingApi(delay=0.3)
+    h = hooks(api, progress_interval=0.0)
+    assert h.progress({"percentage": 10.0}, node_changed=True)
+    deadline = time.monotonic() + 5
+    while not h._thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    h.end_progress()                                      # the tail: no wait here
+    assert not h.progress({"percentage": 60.0}, node_changed=True)
+    final(h, completed_payload("local-v", []))            # waits for the 10 % one, if still in flight
+    statuses = [c["status"] for c in api.calls]
+    assert statuses.count("completed") == 1 and statuses[-1] == "completed"
+    assert [c["progress"]["percentage"] for c in api.calls if c["status"] == "processing"] in ([], [10.0])
+
+
+def test_webhooks_from_different_threads_share_one_warm_connection():
+    import http.server
+    import threading
+
+    from worker.jobs.api import GmAnimatoClient
+
+    peers = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            peers.append(self.client_address[1])
+            self.send_response(201)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = GmAnimatoClient(f"http://127.0.0.1:{server.server_port}", "secret", 5.0)
+        url = f"http://127.0.0.1:{server.server_port}/api/i2v-webhook/v"
+        for status in ("processing", "completed", "failed"):          # as a job's threads would, in turn
+            thread = threading.Thread(target=client.post_webhook, args=(url, {"id": "local-v", "status": status}))
+            thread.start()
+            thread.join(10)
+        assert len(peers) == 3 and len(set(peers)) == 1, f"one connection, reused: {peers}"
+    finally:
+        server.shutdown()
+        server.server_close()

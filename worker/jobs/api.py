@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import requests
 
-from handler.bounded import TooLarge, describe_size, error_text, read_capped
+from handler.bounded import BrokenOff, TooLarge, TooSlow, describe_size, error_text, read_capped
 from handler.errors import describe_network_error
 from handler.untrusted import display_url, safe_text
 from worker.jobs import signing
@@ -40,6 +40,7 @@ DELIVERED, PERMANENT, RETRY = "delivered", "permanent", "retry"
 PERMANENT_500 = ("SyntaxError", "TypeError")
 MAX_TASK_BYTES = 256 * 1024 * 1024     # a claim answer: the workflow and, by default, base64 images
 MAX_ANSWER_BYTES = 64 * 1024           # any other answer: GmAnimato's are a few hundred bytes
+ANSWER_READ_TIME = 2.0                 # a 2xx answer's body is read this long at most (to reuse its connection)
 _LEADING_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"([^"\\]{1,200})"')
 
 
@@ -73,14 +74,20 @@ class GmAnimatoClient:
         self.timeout = timeout
         self._shared = session
         self._local = threading.local()
+        # one connection pool for every thread's session: a job's final webhook, sent from its own thread,
+        # rides the connection the claims and progress keep warm (no new TCP/TLS handshake per job)
+        self._adapter = requests.adapters.HTTPAdapter(pool_maxsize=8)
 
     @property
     def session(self) -> requests.Session:
-        """This thread's session (or the one given)."""
+        """This thread's session (or the one given), on the client's shared connection pool."""
         if self._shared is not None:
             return self._shared
         if not hasattr(self._local, "session"):
-            self._local.session = requests.Session()
+            session = requests.Session()
+            session.mount("http://", self._adapter)
+            session.mount("https://", self._adapter)
+            self._local.session = session
         return self._local.session
 
     def __repr__(self) -> str:
@@ -175,12 +182,23 @@ class GmAnimatoClient:
             with self.session.post(url, data=payload, headers=headers, timeout=timeout or self.timeout,
                                    allow_redirects=False, stream=True) as response:
                 if response.status_code < 300:
+                    drain_for_reuse(response, MAX_ANSWER_BYTES, ANSWER_READ_TIME)
                     return WebhookAnswer(response.status_code)
                 text = error_text(response, MAX_ANSWER_BYTES)
         except requests.RequestException as exc:
             raise ApiUnavailable(f"webhook to {display_url(url)} failed ({describe_network_error(exc)})") from exc
         log.debug("webhook %s answered %s: %r", display_url(url), response.status_code, text[:200])
         return WebhookAnswer(response.status_code, _error_of(text))
+
+
+def drain_for_reuse(response: requests.Response, limit: int, seconds: float) -> None:
+    """Read a 2xx answer we have no use for (GmAnimato's: a few KB), so its connection goes back to the
+    pool for the next webhook; one over ``limit`` bytes or ``seconds`` is left, and its connection
+    closed. Never raises: the answer was a delivery whatever its body."""
+    try:
+        read_capped(response, limit, time.monotonic() + seconds)
+    except (TooLarge, TooSlow, BrokenOff, requests.RequestException):
+        pass
 
 
 def as_answer(answer: Any) -> WebhookAnswer:

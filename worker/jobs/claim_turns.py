@@ -12,6 +12,12 @@ worker's own backoff (:mod:`worker.jobs.pacing`), now for the whole box. A reser
 ``lease`` seconds, so a worker that died while asking does not stop its box. The first turn comes at
 a random point of the first ``poll_interval`` (a box restarted with others does not start in step).
 
+An idle worker goes first: a worker that wants to *prefetch* (claim the job to queue behind its running
+one, :mod:`worker.jobs.pipeline`) is refused the turn while another worker of the box has asked for one
+in the last ``IDLE_PRESENCE`` seconds with nothing to run — a queued job goes to the idle GPU, not
+behind a busy one. Each worker has a seat (:meth:`SharedTurn.seat`) where it notes when it last asked
+while idle; a worker that got a job clears its own.
+
 ``local_worker.py`` has no supervisor and no turn: it paces itself as before.
 """
 from __future__ import annotations
@@ -27,6 +33,8 @@ from worker.jobs import pacing as pc
 
 JITTER = 0.2
 RECHECK = 0.05                 # how often a waiting worker looks again while another one asks
+IDLE_PRESENCE = 2.5            # an idle worker asks at least every second or so while it waits
+PREFETCH_RECHECK = 0.5         # a prefetch refused for an idle worker looks again this much later
 
 
 class Turn(NamedTuple):
@@ -35,9 +43,13 @@ class Turn(NamedTuple):
     wait: float                # otherwise, how long to wait before asking again
 
 
-def take_turn(next_at: float, reserved: bool, now: float, lease: float) -> Turn:
-    """May a worker claim at ``now``? Yes once ``next_at`` has come; the turn is then reserved until
-    ``now + lease`` (pure)."""
+def take_turn(next_at: float, reserved: bool, now: float, lease: float, prefetch: bool = False,
+              others_idle_at: float = float("-inf")) -> Turn:
+    """May a worker claim at ``now``? Yes once ``next_at`` has come — for a prefetch, only if no other
+    worker asked while idle since ``now - IDLE_PRESENCE`` (``others_idle_at``: the latest time one
+    did) — ; the turn is then reserved until ``now + lease`` (pure)."""
+    if prefetch and now - others_idle_at < IDLE_PRESENCE:
+        return Turn(False, next_at, PREFETCH_RECHECK)
     if now >= next_at:
         return Turn(True, now + lease, 0.0)
     return Turn(False, next_at, min(next_at - now, RECHECK) if reserved else next_at - now)
@@ -64,9 +76,10 @@ class SharedTurn:
     the kernel when its holder dies, so a worker killed mid-turn cannot wedge the box). Made by the
     supervisor before its workers are spawned, and handed to each at its start."""
 
-    def __init__(self, ctx: Any, first_at: float, lock_path: str) -> None:
+    def __init__(self, ctx: Any, first_at: float, lock_path: str, seats: int = 1) -> None:
         self._next_at = ctx.RawValue("d", first_at)
         self._reserved = ctx.RawValue("b", 0)
+        self._idle_at = ctx.RawArray("d", [float("-inf")] * max(1, seats))  # per seat: last idle ask
         self.lock_path = lock_path
         self._fd: int | None = None
 
@@ -83,13 +96,43 @@ class SharedTurn:
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
-    def take(self, now: float, lease: float) -> Turn:
+    def seat(self, index: int) -> "TurnSeat":
+        return TurnSeat(self, index % len(self._idle_at))
+
+    def take(self, now: float, lease: float, prefetch: bool = False, seat: int = 0) -> Turn:
         with self._locked():
-            turn = take_turn(self._next_at.value, bool(self._reserved.value), now, lease)
+            if not prefetch:
+                self._idle_at[seat] = now
+            others = max((at for i, at in enumerate(self._idle_at) if i != seat), default=float("-inf"))
+            turn = take_turn(self._next_at.value, bool(self._reserved.value), now, lease, prefetch, others)
             if turn.go:
                 self._next_at.value, self._reserved.value = turn.next_at, 1
             return turn
 
-    def give_back(self, next_at: float) -> None:
+    def postpone(self, next_at: float) -> None:
+        """Put the box's next claim off to ``next_at`` at the earliest (a turn handed on too soon)."""
+        with self._locked():
+            self._next_at.value = max(self._next_at.value, next_at)
+
+    def give_back(self, next_at: float, got_job: bool = False, seat: int = 0) -> None:
+        """End the turn; ``got_job``: the worker that had it is busy now, no longer idle."""
         with self._locked():
             self._next_at.value, self._reserved.value = next_at, 0
+            if got_job:
+                self._idle_at[seat] = float("-inf")
+
+
+class TurnSeat(NamedTuple):
+    """One worker's place at the box's turn (picklable: it goes to the worker process)."""
+
+    turn: SharedTurn
+    index: int
+
+    def take(self, now: float, lease: float, prefetch: bool = False) -> Turn:
+        return self.turn.take(now, lease, prefetch, self.index)
+
+    def give_back(self, next_at: float, got_job: bool = False) -> None:
+        self.turn.give_back(next_at, got_job, self.index)
+
+    def postpone(self, next_at: float) -> None:
+        self.turn.postpone(next_at)

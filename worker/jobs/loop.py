@@ -34,11 +34,12 @@ from worker.config import Config, signing_key
 from worker.exits import describe_status
 from worker.failpoints import Failpoints
 from worker.jobs import pacing as pc
-from worker.jobs.claim_turns import SharedTurn, next_claim_at
+from worker.jobs.claim_turns import TurnSeat, next_claim_at
 from worker.jobs.api import AuthError, GmAnimatoClient, ServerMisconfigured
 from worker.jobs.errors import ApiUnavailable, LostTask
 from worker.jobs.lifecycle import JobRun
 from worker.jobs.outbox import Outbox
+from worker.jobs.pipeline import PREFETCH, JobLanes, claim_kind
 from worker.jobs.recovery import recover_slot, task_of
 from worker.jobs.task import Job, TaskError, TaskRules, callback_for, parse_task, salvage_ids
 from worker.jobs.webhooks import CallbackTarget, JobWebhooks, failed_payload, send_final
@@ -61,7 +62,7 @@ class SlotSpec:
 class Worker:
     def __init__(self, config: Config, slot: SlotSpec, report: Callable[[Report], None] | None = None,
                  supervised: bool = False, parent_pid: int | None = None,
-                 clock: Callable[[], float] = time.time, turn: SharedTurn | None = None) -> None:
+                 clock: Callable[[], float] = time.time, turn: TurnSeat | None = None) -> None:
         self.config = config
         self.turn = turn                         # the box's claim turn (under a supervisor), or None
         self.slot = slot
@@ -83,16 +84,17 @@ class Worker:
             if supervised and config.comfy.mode == "start" else None
         self.failpoints = Failpoints(config.failpoints)
         self.journal = Journal.open(config.state_path, on_write=self._journal_written)
-        self.outbox = Outbox(self.journal, slot.name,
-                             GmAnimatoClient(config.api.url, config.api.secret, config.api.timeout,
-                                             signing_key=key),
-                             config.webhook, clock)
+        self.lanes = JobLanes()                  # the job threads, and what the next claim waits for
+        # final webhooks ride the claims' and progress' connection: warm (no new TCP/TLS handshake)
+        self.outbox = Outbox(self.journal, slot.name, self.api, config.webhook, clock, busy=self.lanes.busy)
         self.wake = threading.Event()            # set on any command, to cut a wait short
         self.draining = threading.Event()
         self.stopping = threading.Event()
         self.comfy_ready = threading.Event()
         self.comfy_exit: str | None = None       # why ComfyUI is gone, while it is
-        self.current_job: str | None = None
+        self.current_jobs: dict[str, None] = {}     # job ids in flight on this slot, oldest first
+        self.slot_faulted = False                # the last job to end failed for a reason not its own
+        self.progress_types: set[str] = set()    # node types seen reporting progress, for every job
         self.pacing = pc.Pacing(config.api.poll_interval, config.api.backoff_cap,
                                 config.api.auth_retry_interval)
         self.jobs_done = 0
@@ -104,6 +106,17 @@ class Worker:
 
     def _journal_written(self, point: str, record: JobRecord) -> None:
         self.failpoints.reach(f"journal:{point}", record.label)
+
+    @property
+    def current_job(self) -> str | None:
+        """The oldest job in flight (the one executing, when two are)."""
+        return next(iter(self.current_jobs), None)
+
+    def job_began(self, job_id: str) -> None:
+        self.current_jobs[job_id] = None
+
+    def job_ended(self, job_id: str) -> None:
+        self.current_jobs.pop(job_id, None)
 
     # ---- commands and signals (any thread) -------------------------------------------------------
     def handle_command(self, command: Command) -> None:
@@ -129,6 +142,7 @@ class Worker:
             self.draining.set()
             self.stopping.set()
         self.wake.set()
+        self.lanes.poke()
 
     def request_drain(self) -> None:
         self.handle_command(Command(Down.DRAIN))
@@ -177,6 +191,7 @@ class Worker:
             if not self.ensure_comfy():
                 continue
             self.poll_once()
+        self.finish_jobs()
         waiting = self.outbox.stop(self.fast_stop_timeout() or self.config.webhook.timeout + 1)
         if waiting:
             log.warning("%d final webhook(s) not delivered yet stay in the outbox (%s); the next start sends "
@@ -214,28 +229,56 @@ class Worker:
                 return True
         return False
 
+    def finish_jobs(self) -> None:
+        """Wait for the jobs in flight to end (a drain lets them finish; a stop makes them end fast)."""
+        if self.lanes.busy():
+            log.info("Waiting for %d job(s) of %s to finish", len(self.current_jobs) or 1, self.slot.label)
+        while not self.lanes.join(1.0):
+            self.abandon_if_orphaned(self.current_job)
+        self.lanes.raise_failure()
+
+    def room_to_claim(self) -> str | None:
+        """``idle`` when the slot's GPU is free, ``prefetch`` when the running job is near its end;
+        otherwise waits until a job moves (or a second) and returns None."""
+        self.lanes.raise_failure()
+        jobs = self.config.jobs
+        kind = claim_kind(self.lanes.load(), jobs.prefetch, jobs.prefetch_window, self.slot_faulted)
+        if kind is None:
+            self.lanes.wait(1.0)
+        return kind
+
     def poll_once(self) -> None:
-        """One claim, when it is this box's turn; a job it brought runs after the turn is given back."""
-        if not self.take_turn():
+        """One claim, when the slot has room and it is this box's turn; a job it brought runs in its own
+        thread. A claim that brought a job hands the turn on at once, before the job is journaled and
+        read, so the box's idle workers claim back to back; should the job turn out lost, the box's next
+        claim is put off after all."""
+        kind = self.room_to_claim()
+        if kind is None or not self.take_turn(prefetch=kind == PREFETCH):
             return
         outcome, task = self.claim()
+        handed_on = self.turn is not None and outcome == pc.JOB
+        if handed_on:
+            self.turn.give_back(time.monotonic(), got_job=True)
         after: list[Callable[[], None]] = []
         if outcome == pc.JOB:
             outcome = self.accept(task, after)
         self.pacing, decision = pc.after_claim(self.pacing, outcome)
         if self.turn is not None:
-            self.turn.give_back(next_claim_at(time.monotonic(), outcome, decision.delay,
-                                              self.config.api.poll_interval))
+            at = next_claim_at(time.monotonic(), outcome, decision.delay, self.config.api.poll_interval)
+            if not handed_on:
+                self.turn.give_back(at)
+            elif outcome != pc.JOB:
+                self.turn.postpone(at)
         for action in after:
             action()
         if self.turn is None and decision.delay:
             self.pause(decision.delay)
 
-    def take_turn(self) -> bool:
+    def take_turn(self, prefetch: bool = False) -> bool:
         """Whether this worker may claim now (no turn: always); otherwise waits a little."""
         if self.turn is None:
             return True
-        turn = self.turn.take(time.monotonic(), self.config.api.timeout + 5.0)
+        turn = self.turn.take(time.monotonic(), self.config.api.timeout + 5.0, prefetch)
         if not turn.go:
             self.pause(min(turn.wait, 1.0))
         return turn.go
@@ -287,7 +330,8 @@ class Worker:
         log.info("Received task: %s", job.job_id)
         for note in job.notes:
             log.warning("Job %s: %s", job.job_id, note)
-        after.append(JobRun(self, record, job).run)
+        run = JobRun(self, record, job)
+        after.append(lambda: self.lanes.start(run, run.run, f"job-{job.job_id}"))
         return pc.JOB
 
     def report_unjournaled(self, task: Any, exc: Exception) -> None:
@@ -353,7 +397,8 @@ class Worker:
         if after is None:
             run.report_failure(str(exc))
         else:
-            after.append(lambda: run.report_failure(str(exc)))
+            after.append(lambda: self.lanes.start(run, lambda: run.report_failure(str(exc)),
+                                                  f"report-{exc.job_id}", on_gpu=False))
         return pc.JOB
 
     def remove_inputs(self, job: Job) -> None:
@@ -458,7 +503,7 @@ def _heartbeat(worker: Worker, interval: float) -> None:
 
 
 def worker_process_main(config: Config, slot: SlotSpec, reports: Any, commands: Any, parent_pid: int,
-                        turn: SharedTurn | None = None) -> None:
+                        turn: TurnSeat | None = None) -> None:
     """Entry point of a worker process (multiprocessing ``spawn``)."""
     from worker.logs import setup_logging
 

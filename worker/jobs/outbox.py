@@ -27,12 +27,20 @@ log = logging.getLogger(__name__)
 
 EXPIRED = "expired"
 IDLE_WAKE = 5.0                      # the background thread looks at the journal at least this often
-TIDY_EVERY = 10.0                    # ... and tidies it (old blobs, WAL checkpoint) at most this often
+TIDY_EVERY = 10.0                    # ... and tidies it (old blobs, WAL checkpoint) at most this often,
+TIDY_BUSY_EVERY = 300.0              # ... while the slot is idle; while it is busy, this often at most
 
 
 def outbox_delay(sends: int, base: float, cap: float, rng: random.Random | None = None) -> float:
     """Wait before the next outbox attempt, after ``sends`` failed attempts in all (pure given ``rng``)."""
     return backoff_delay(max(1, sends), max(base, 0.05), cap, jitter=0.2, rng=rng)
+
+
+def tidy_due(since: float, busy: bool) -> bool:
+    """Tidy the journal now? Its checkpoint holds the journal for a while (hundreds of ms on a slow disk
+    with big blobs), and a job's next write would wait behind it: so every ``TIDY_EVERY`` seconds while
+    the slot is idle, and only every ``TIDY_BUSY_EVERY`` while it is busy (pure)."""
+    return since >= (TIDY_BUSY_EVERY if busy else TIDY_EVERY)
 
 
 def outbox_verdict(delivery: Delivery, queued_at: float, now: float, expiry: float) -> str:
@@ -44,9 +52,10 @@ def outbox_verdict(delivery: Delivery, queued_at: float, now: float, expiry: flo
 
 class Outbox:
     def __init__(self, journal: Journal, slot: str, api: GmAnimatoClient, config: WebhookConfig,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, busy: Callable[[], bool] = lambda: False) -> None:
         self.journal, self.slot, self.api, self.config = journal, slot, api, config
         self.clock = clock
+        self.busy = busy                 # a job of the slot is in flight: its journal writes must not wait
         self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -161,7 +170,7 @@ class Outbox:
                 self.send_one(record)
         upcoming = [r.next_send_at for r in self.journal.outbox(self.slot) if r.next_send_at is not None]
         wait = min(IDLE_WAKE, max(0.01, min(upcoming) - self.clock())) if upcoming else IDLE_WAKE
-        if wait >= 1.0 and time.monotonic() - self._tidied >= TIDY_EVERY:
+        if wait >= 1.0 and tidy_due(time.monotonic() - self._tidied, self.busy()):
             self._tidied = time.monotonic()
             self.journal.tidy()
         return wait

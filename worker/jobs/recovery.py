@@ -124,7 +124,8 @@ def adopt_orphans(journal: Journal, live: Sequence[str], now: float, only: str |
 def recover_slot(worker: "Worker") -> None:
     """Settle every interrupted job of the worker's slot before it claims anything new. A job is left
     open (for the next start) only when a drain comes first and its ComfyUI is not FATAL."""
-    records = worker.journal.interrupted_jobs(worker.slot.name)
+    in_flight = {getattr(run, "seq", None) for run in worker.lanes.keys()}   # this process's own, running
+    records = [r for r in worker.journal.interrupted_jobs(worker.slot.name) if r.seq not in in_flight]
     if records:
         log.warning("Recovering %d job(s) that %s was running when its process stopped", len(records),
                     worker.slot.label)

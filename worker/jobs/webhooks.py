@@ -177,12 +177,16 @@ class JobWebhooks:
         if webhook_verdict(answer.status, answer.error) != DELIVERED:
             log.debug("job %s: progress webhook answered %s", self.job_id, answer.status)
 
-    def stop_progress(self) -> None:
-        """No progress webhook leaves after this returns (one in flight is waited for)."""
+    def end_progress(self) -> None:
+        """Send no more progress (one in flight goes on; :meth:`stop_progress` waits for it)."""
         with self._cond:
             self._closed = True
             self._pending = None
             self._cond.notify()
+
+    def stop_progress(self) -> None:
+        """No progress webhook leaves after this returns (one in flight is waited for)."""
+        self.end_progress()
         if self._thread is threading.current_thread():
             return
         self._thread.join(timeout=sum(self.progress_timeout) + 1)   # longer than any one progress request

@@ -160,6 +160,14 @@ class Journal:
             record = self._get(db, seq)
         return self._wrote("attempt", record)
 
+    def refund_attempt(self, seq: int, now: float) -> JobRecord:
+        """The last start never ran (ComfyUI went away while the prompt waited in its queue): it does
+        not count toward ``jobs.max_attempts``."""
+        with self._tx() as db:
+            db.execute("UPDATE jobs SET attempts=MAX(0, attempts-1), updated_at=? WHERE seq=?", (now, seq))
+            record = self._get(db, seq)
+        return self._wrote("refund", record)
+
     def note_resume(self, seq: int, now: float) -> JobRecord:
         """A new process takes up the job's running prompt (counted, so a prompt whose following kills
         the worker is not followed for ever)."""

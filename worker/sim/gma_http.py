@@ -57,12 +57,15 @@ class Faults:
     """Scripted answers that replace the next calls (a code, or ``"reset"`` to drop the connection).
 
     ``task_raw`` holds raw answers (:mod:`worker.sim.gma_hostile`) for the next *authorized* task calls.
+    ``webhook_delay`` holds up every webhook before it is answered; ``progress_delay`` only progress
+    webhooks (body status ``processing``), on top of it — a slow progress endpoint, fast final ones.
     """
 
     task: deque = field(default_factory=deque)
     task_raw: deque = field(default_factory=deque)
     webhook: dict[str, deque] = field(default_factory=dict)
     webhook_delay: float = 0.0
+    progress_delay: float = 0.0
     task_delay: float = 0.0
     media_delay: float = 0.0
 
@@ -73,7 +76,7 @@ class Faults:
             self.task.clear()
             self.task_raw.clear()
             self.webhook.clear()
-            self.webhook_delay = self.task_delay = self.media_delay = 0.0
+            self.webhook_delay = self.progress_delay = self.task_delay = self.media_delay = 0.0
         webhook = doc.get("webhook") or {}
         if not isinstance(webhook, dict):
             raise ValueError(f"webhook: must be an object of video id -> list, got {webhook!r}")
@@ -81,9 +84,13 @@ class Faults:
             self.webhook.setdefault(video_id, deque()).extend(check_codes(codes, f"webhook.{video_id}"))
         self.task.extend(check_codes(doc.get("task") or [], "task"))
         self.task_raw.extend(raw_answers)
-        for key in ("webhook_delay", "task_delay", "media_delay"):
+        for key in ("webhook_delay", "progress_delay", "task_delay", "media_delay"):
             if key in doc:
                 setattr(self, key, max(0.0, float(doc[key])))
+
+    def webhook_wait(self, status: str) -> float:
+        """Seconds to hold up a webhook whose body status is ``status`` (lower case) before answering."""
+        return self.webhook_delay + (self.progress_delay if status == "processing" else 0.0)
 
     def next_webhook(self, video_id: str, status: str = "") -> int | str | None:
         """The scripted answer for this call, if any. Keys ``<id>:final`` and ``*:final`` apply only
@@ -105,7 +112,8 @@ class Faults:
     def view(self) -> dict[str, Any]:
         return {"task": list(self.task), "task_raw": list(self.task_raw),
                 "webhook": {k: list(v) for k, v in self.webhook.items() if v},
-                "webhook_delay": self.webhook_delay, "task_delay": self.task_delay, "media_delay": self.media_delay}
+                "webhook_delay": self.webhook_delay, "progress_delay": self.progress_delay,
+                "task_delay": self.task_delay, "media_delay": self.media_delay}
 
 
 def check_codes(codes: Any, where: str) -> list[int | str]:

@@ -30,12 +30,15 @@ Control routes (JSON)::
     GET  /sim/uploads/<name>  (also /uploads/<name>)   -> bytes of a base64-uploaded video
     GET  /sim/media/<name>                             -> input image (url mode, early shape)
     POST /sim/faults    {"task": [503, "reset"], "webhook": {"<id>"|"*": [500]}, "webhook_delay": s,
-                         "task_delay": s, "media_delay": s, "clear": bool,
+                         "progress_delay": s, "task_delay": s, "media_delay": s, "clear": bool,
                          "task_raw": [{"status": 200, "content_type": "application/json",
                                        "body": str | "body_b64": str | "deep": N [, "id": str]
                                        | "truncate": true}, ...]}
                                                        -> the pending faults (GET shows them too)
-                        (task_raw: served once each, in order, to the next authorized task calls)
+                        (task_raw: served once each, in order, to the next authorized task calls;
+                         webhook_delay: every webhook waits s before its answer; progress_delay: only
+                         progress webhooks (body status "processing") wait s more, final ones do not;
+                         clear / POST /sim/reset set every delay back to 0)
     GET  /sim/summary                                  -> {"in_queue": n, "processing": n, ...}
     GET  /sim/stats                                    -> {"task_calls": {"200": n, ...}, "webhook_calls": n,
                                                            "media_calls": n}
@@ -232,9 +235,11 @@ class GmAnimatoApp:
             return method_not_allowed(request.method, "POST")
         video_id = request.match_info["id"]
         raw = await request.read()
-        if self.faults.webhook_delay:
-            await asyncio.sleep(self.faults.webhook_delay)
-        fault = self.faults.next_webhook(video_id, webhook_status(raw))
+        status_word = webhook_status(raw)
+        wait = self.faults.webhook_wait(status_word)
+        if wait:
+            await asyncio.sleep(wait)
+        fault = self.faults.next_webhook(video_id, status_word)
         if fault is not None:
             status, body = self.webhook_fault(request, video_id, raw, fault)
         else:

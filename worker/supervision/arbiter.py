@@ -23,7 +23,7 @@ from pathlib import Path
 from worker import exits
 from worker.config import Config
 from worker.exits import describe_status
-from worker.jobs.claim_turns import SharedTurn, first_claim_at
+from worker.jobs.claim_turns import SharedTurn, TurnSeat, first_claim_at
 from worker.jobs.recovery import adopt_orphans
 from worker.journal.store import Journal, JournalError
 from worker.reports import Command, Down, Report, Up
@@ -63,7 +63,7 @@ def stop_resource_tracker() -> None:
 class Slot:
     """Book-keeping of one slot; changed only by the supervisor loop."""
 
-    def __init__(self, config: Config, plan: SlotPlan, turn: SharedTurn | None = None) -> None:
+    def __init__(self, config: Config, plan: SlotPlan, turn: TurnSeat | None = None) -> None:
         self.plan = plan
         self.comfy = ComfyProcess(config, plan)
         self.worker = WorkerProcess(config, plan, turn)
@@ -81,13 +81,18 @@ class Slot:
         self.worker_waits_for_comfy = False
         self.fatal_reason = ""
         self.fatal_is_config = False
-        self.current_job: str | None = None
+        self.jobs: dict[str, None] = {}     # the worker's jobs in flight, oldest first (they overlap)
         self.kill_reason = ""               # why the supervisor itself killed this ComfyUI, if it did
         self.settled = False                # ComfyUI came up, failed a first time, or is FATAL (READY=1)
 
     @property
     def name(self) -> str:
         return self.plan.name
+
+    @property
+    def current_job(self) -> str | None:
+        """The oldest of the worker's jobs in flight (a second may be queued behind it, or delivering)."""
+        return next(iter(self.jobs), None)
 
     @property
     def fatal(self) -> bool:
@@ -106,8 +111,8 @@ class Supervisor:
         config.state_path.mkdir(parents=True, exist_ok=True)
         self.turn = SharedTurn(multiprocessing.get_context("spawn"),
                                first_claim_at(time.monotonic(), config.api.poll_interval),
-                               str(config.state_path / "claim-turn.lock"))
-        self.slots = [Slot(config, plan, self.turn) for plan in plans]
+                               str(config.state_path / "claim-turn.lock"), seats=len(plans))
+        self.slots = [Slot(config, plan, self.turn.seat(i)) for i, plan in enumerate(plans)]
         self.on_report = on_report or (lambda report: None)
         sup = config.supervisor
         self.policy = RestartPolicy(sup.backoff_start, sup.backoff_cap, sup.healthy_reset,
@@ -290,9 +295,9 @@ class Supervisor:
     def handle_report(self, slot: Slot, report: Report, now: float) -> None:
         slot.worker.last_heartbeat = now
         if report.kind == Up.JOB_STARTED:
-            slot.current_job = report.data.get("job_id")
+            slot.jobs[str(report.data.get("job_id"))] = None
         elif report.kind == Up.JOB_FINISHED:
-            slot.current_job = None
+            slot.jobs.pop(str(report.data.get("job_id")), None)
         elif report.kind == Up.COMFY_UNHEALTHY:
             slot.worker_waits_for_comfy = True
             slot.next_probe = now
@@ -346,6 +351,7 @@ class Supervisor:
 
     def worker_exited(self, slot: Slot, code: int, now: float) -> None:
         slot.worker.close_channels()
+        slot.jobs.clear()                   # its open jobs are in the journal: the next worker reports them
         if self.draining:
             log.info("%s: worker exited (%s)", slot.name, describe_status(code))
             slot.worker_state.set_state(S.EXITED)
@@ -466,7 +472,7 @@ class Supervisor:
     def status_line(self) -> str:
         ready = sum(s.comfy_state.state == S.RUNNING and not s.fatal for s in self.slots)
         fatal = sum(s.fatal for s in self.slots)
-        busy = sum(s.current_job is not None for s in self.slots)
+        busy = sum(len(s.jobs) for s in self.slots)
         word = "draining; " if self.draining else ""
         return f"{word}{len(self.slots)} slot(s): {ready} ready, {fatal} fatal, {busy} job(s) running"
 

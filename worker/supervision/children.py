@@ -28,7 +28,7 @@ import psutil
 import requests
 
 from worker.config import Config
-from worker.jobs.claim_turns import SharedTurn
+from worker.jobs.claim_turns import TurnSeat
 from worker.jobs.loop import SlotSpec, worker_process_main
 
 log = logging.getLogger(__name__)
@@ -311,7 +311,7 @@ class ComfyProcess:
 class WorkerProcess:
     """One slot's worker process (spawn context) with its own report and command queues."""
 
-    def __init__(self, config: Config, plan: SlotPlan, turn: SharedTurn | None = None) -> None:
+    def __init__(self, config: Config, plan: SlotPlan, turn: TurnSeat | None = None) -> None:
         self.config = config
         self.plan = plan
         self.turn = turn                     # the box's claim turn, shared by every worker
