@@ -44,6 +44,7 @@ AbortCheck = Callable[[], "str | None"]           # a reason to stop now, or Non
 RECONNECT_DELAYS = (0.2, 0.5, 1.0, 1.5)           # about 3 s of tries before ComfyUI counts as gone
 HISTORY_WAIT = 3.0                                # /history can be {} for a moment after success
 SILENCE_CHECK = 10.0                              # no frame this long: check /history and /queue
+QUEUE_WAIT_FACTOR = 2                             # a prompt waits in the queue at most this x job_timeout
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,15 @@ def warn_partial(request: ExecutionRequest, node_errors: Mapping[str, Any]) -> N
 
 
 def follow_prompt(stream: EventStream, watch: w.PromptWatch, deps: ExecutionDeps) -> w.PromptWatch:
-    """Fold events until the prompt succeeds; raise on error, interrupt, abort, timeout or loss."""
-    deadline = time.monotonic() + deps.job_timeout
+    """Fold events until the prompt succeeds; raise on error, interrupt, abort, timeout or loss.
+    ``job_timeout`` counts from the moment ComfyUI takes the prompt up; before that, a prompt queued
+    behind another (that may itself run up to ``job_timeout``) waits at most twice as long."""
+    deadline = time.monotonic() + deps.job_timeout * (1 if watch.started else QUEUE_WAIT_FACTOR)
     last_event = time.monotonic()
+    timed_from_start = watch.started
     while not watch.done:
+        if watch.started and not timed_from_start:
+            deadline, timed_from_start = time.monotonic() + deps.job_timeout, True
         check_abort(watch, deps, deadline)
         try:
             event = stream.receive(deps.receive_tick)
@@ -173,6 +179,10 @@ def check_abort(watch: w.PromptWatch, deps: ExecutionDeps, deadline: float) -> N
         raise ComfyUnavailable(f"{reason} while running {watch.describe_node(watch.current_node)}")
     if time.monotonic() > deadline:
         deps.comfy.cancel(watch.prompt_id)
+        if not watch.started:
+            raise ExecutionFailed(f"prompt waited in ComfyUI's queue longer than "
+                                  f"{deps.job_timeout * QUEUE_WAIT_FACTOR:g} s ({QUEUE_WAIT_FACTOR} x "
+                                  "comfy.job_timeout) and was cancelled")
         raise ExecutionFailed(f"prompt ran longer than {deps.job_timeout:g} s (comfy.job_timeout) and was "
                               f"interrupted at {watch.describe_node(watch.current_node)}")
 
@@ -229,7 +239,12 @@ def confirm_outputs(watch: w.PromptWatch, deps: ExecutionDeps) -> list[out.Outpu
     ``/history`` can still be ``{}`` just after ``execution_success``: when the frames already name a
     video it is asked once, otherwise polled for up to ``HISTORY_WAIT`` seconds."""
     named_video = any(ref.is_video for ref in out.collect_outputs(watch.executed, None))
-    entry = deps.comfy.history(watch.prompt_id)
+    try:
+        entry = deps.comfy.history(watch.prompt_id)
+    except ComfyUnavailable:
+        if not named_video:
+            raise
+        entry = None        # ComfyUI went away after the prompt (the next one crashed it): the frames say
     deadline = time.monotonic() + HISTORY_WAIT
     while entry is None and not named_video and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -255,7 +270,11 @@ def store_outputs(refs: list[out.OutputRef], request: ExecutionRequest, deps: Ex
         return _no_video(refs, reasons, node_errors)
     files: list[dict] = []
     for ref in kept:
-        stop_if_aborted(deps, f"before storing {ref.delivery_name}")
+        # the prompt is done: ComfyUI going away now (the next prompt may crash it) does not end this
+        # job; its files wait in the output folder, and store_with_retry tries again until it is back
+        reason = deps.stop_requested()
+        if reason:
+            raise ComfyUnavailable(f"{reason} before storing {ref.delivery_name}")
         try:
             files.append(store_with_retry(deps.store, request.key_prefix, ref.delivery_name,
                                           _opener(deps, ref), deps.storage_retry_for, deps.stop_requested,

@@ -139,9 +139,11 @@ def store_with_retry(store: OutputStore, key_prefix: str, filename: str, data: "
                      retry_for: float, abort: Callable[[], "str | None"] = lambda: None,
                      sleep: Callable[[float], None] = time.sleep,
                      content_type: "str | Callable[[Any], str]" = UNKNOWN) -> dict:
-    """``store.store`` with transient failures retried for ``retry_for`` seconds (an abort ends it).
-    ``data`` is bytes or a callable opening a fresh stream for each try (a context manager);
-    ``content_type`` a string or a function of the opened stream."""
+    """``store.store`` with transient failures retried for ``retry_for`` seconds (an abort ends it): the
+    store's (S3 5xx, throttling, unreachable) and the source's (ComfyUI went away while it sent the file,
+    and is restarting: the file is still in its output folder). ``data`` is bytes or a callable opening a
+    fresh stream for each try (a context manager); ``content_type`` a string or a function of the opened
+    stream."""
     started = time.monotonic()
     attempt = 0
     while True:
@@ -150,7 +152,7 @@ def store_with_retry(store: OutputStore, key_prefix: str, filename: str, data: "
             with opened as body:
                 kind = content_type(body) if callable(content_type) else content_type
                 return store.store(key_prefix, filename, body, kind)
-        except StorageError as exc:
+        except (StorageError, ComfyUnavailable) as exc:
             attempt += 1
             delay = storage_retry_delay(attempt, time.monotonic() - started, retry_for)
             if delay is None:

@@ -159,7 +159,8 @@ def apply_history(watch: PromptWatch, entry: Mapping[str, Any]) -> PromptWatch:
     status = entry.get("status") if isinstance(entry.get("status"), Mapping) else {}
     messages = status.get("messages") if isinstance(status.get("messages"), list) else []
     outputs = entry.get("outputs") if isinstance(entry.get("outputs"), Mapping) else {}
-    watch = replace(watch, executed={**dict(outputs), **dict(watch.executed)})
+    # a prompt in /history was taken up by ComfyUI, whether or not its execution_start frame was seen
+    watch = replace(watch, started=True, executed={**dict(outputs), **dict(watch.executed)})
     for message in messages:
         if isinstance(message, list) and len(message) == 2 and isinstance(message[1], dict):
             event = Event(str(message[0]), {**message[1], "prompt_id": watch.prompt_id})

@@ -124,3 +124,19 @@ def test_url_inputs_are_downloaded_and_a_404_is_permanent(comfy):
     assert result.files[0]["filename"].endswith(".mp4")
     with pytest.raises(InputError, match="answered HTTP 404"):
         run(comfy.url, workflow(), inputs=[InputFile(IMAGE["name"], url.replace("source", "missing"))])
+
+
+def test_job_timeout_counts_from_the_moment_comfyui_takes_the_prompt_up(comfy):
+    run(comfy.url, workflow())                            # its input is in ComfyUI's folder
+    blocker = workflow()
+    blocker["44"]["_meta"] = {"title": "sampler", "sim": {"steps": 60, "step_time": 0.1}}     # ~6 s ahead
+    requests.post(f"{comfy.url}/prompt", json={"prompt": blocker, "client_id": "another"},
+                  timeout=10).raise_for_status()
+    deps = ExecutionDeps(comfy=ComfyClient(comfy.url, timeout=10), store=InlineStore(), session=requests.Session(),
+                         job_timeout=4.0)
+    wf = workflow()
+    wf["44"]["_meta"] = {"title": "sampler", "sim": {"steps": 25, "step_time": 0.1}}          # ~2.5 s itself
+    request = ExecutionRequest(workflow=wf, inputs=(InputFile(IMAGE["name"], IMAGE["image"]),),
+                               node_weights=TASK["input"]["node_weights"], key_prefix="local-test", label="test")
+    result = run_job(request, deps)       # done ~8.5 s after it was queued: over 2 x 4 s, but 2.5 s of running
+    assert result.files[0]["filename"].endswith(".mp4")

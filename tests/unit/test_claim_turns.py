@@ -87,3 +87,15 @@ def test_a_turn_handed_on_too_soon_can_be_put_off_but_never_brought_forward(tmp_
     assert not seat.take(now + 1.0, 30.0).go
     seat.postpone(now + 2.0)
     assert not seat.take(now + 3.0, 30.0).go and seat.take(now + 9.0, 30.0).go
+
+
+def test_a_postponed_box_stays_postponed_whatever_another_worker_gives_back(tmp_path):
+    turn = SharedTurn(multiprocessing.get_context("spawn"), 0.0, str(tmp_path / "claim-turn.lock"), seats=2)
+    lost, other = turn.seat(0), turn.seat(1)
+    now = time.monotonic()
+    lost.give_back(now, got_job=True)                     # handed on: the answer looked like a job
+    assert other.take(now, 30.0).go                       # another worker claims meanwhile
+    lost.postpone(now + 9.0)                              # the first one's job was lost: back off box-wide
+    other.give_back(now, got_job=True)                    # the other's answer was a job: "at once" ...
+    assert not lost.take(now + 1.0, 30.0).go and not other.take(now + 1.0, 30.0).go   # ... still waits
+    assert other.take(now + 9.0, 30.0).go

@@ -43,3 +43,24 @@ def test_missing_video_messages():
     gif = refs_from_ui("1", {"gifs": [{"filename": "a.gif"}]})
     assert "accepts only .mp4 or .webm" in describe_missing_video(gif)
     assert "only: still_00001_.png" in describe_missing_video(refs_from_ui("1", PNG))
+
+
+def test_outputs_named_by_the_frames_survive_a_comfyui_gone_after_the_prompt():
+    from types import SimpleNamespace
+
+    import pytest
+
+    from handler import watch as w
+    from handler.errors import ComfyUnavailable
+    from handler.run import confirm_outputs
+
+    def history(prompt_id):
+        raise ComfyUnavailable("ComfyUI at http://127.0.0.1:1 went away")   # the next prompt crashed it
+
+    deps = SimpleNamespace(comfy=SimpleNamespace(history=history))
+    watch = w.start_watch("p", {"16": {"class_type": "VHS_VideoCombine"}}, {})
+    named = w.apply_event(watch, w.Event("executed", {"prompt_id": "p", "node": "16", "output": {
+        "gifs": [{"filename": "Wan22_00001.mp4", "subfolder": "", "type": "output", "format": "video/h264-mp4"}]}}))
+    assert [ref.filename for ref in confirm_outputs(named, deps)] == ["Wan22_00001.mp4"]
+    with pytest.raises(ComfyUnavailable):                 # nothing named: /history was needed
+        confirm_outputs(watch, deps)

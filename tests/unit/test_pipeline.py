@@ -108,3 +108,26 @@ def test_wait_returns_when_a_job_moves():
     release.set()
     thread.join(10)
     assert lanes.join(10)
+
+
+def test_a_job_whose_comfyui_went_away_forgets_its_estimate_and_blocks_prefetch_until_it_completes():
+    clock = Clock()
+    lanes = JobLanes(clock)
+    done = threading.Event()
+    lanes.start("a", lambda: done.wait(10), "job-a")
+    lanes.started("a")
+    lanes.progressed("a", 20.0, in_node=True)
+    clock.now += 4.0
+    lanes.progressed("a", 95.0, in_node=True)
+    assert lanes.load().head_left is not None and not lanes.load().faulted
+    lanes.faulted("a")                                    # ComfyUI died at 95 %: it starts again from 0
+    assert lanes.load().head_left is None and lanes.load().faulted
+    lanes.started("a")
+    lanes.progressed("a", 20.0, in_node=True)
+    clock.now += 1.0
+    lanes.progressed("a", 90.0, in_node=True)
+    assert lanes.load().faulted                           # still: nothing queued behind it yet
+    lanes.recovered("a")                                  # its prompt succeeded on the ComfyUI that came back
+    assert not lanes.load().faulted
+    done.set()
+    assert lanes.join(10)

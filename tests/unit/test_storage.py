@@ -73,3 +73,19 @@ def test_an_abort_ends_the_retries():
     with pytest.raises(ComfyUnavailable, match="the worker was stopped while storing a.mp4"):
         store_with_retry(store, "local-v", "a.mp4", b"x", 120.0, abort=lambda: "the worker was stopped",
                          sleep=lambda s: None)
+
+
+def test_a_comfyui_that_went_away_while_sending_an_output_is_asked_again_once_back():
+    from contextlib import contextmanager
+    opened = []
+
+    @contextmanager
+    def opener():
+        opened.append(1)
+        if len(opened) == 1:                 # the next prompt crashed ComfyUI mid-file; it restarts
+            raise ComfyUnavailable("ComfyUI broke off sending a.mp4 (ProtocolError)")
+        yield b"\x00\x00\x00\x18ftypmp42"
+
+    sleeps = []
+    entry = store_with_retry(InlineStore(), "local-v", "a.mp4", opener, 120.0, sleep=sleeps.append)
+    assert base64.b64decode(entry["data"]).startswith(b"\x00\x00\x00\x18ftyp") and sleeps == [1.0]

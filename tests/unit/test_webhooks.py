@@ -157,3 +157,17 @@ def test_webhooks_from_different_threads_share_one_warm_connection():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_new_start_reports_progress_again_after_the_tail_of_the_last_one():
+    api = RecordingApi()
+    h = hooks(api, progress_interval=0.0)
+    h.end_progress()                                      # the tail of start 1; then ComfyUI died
+    assert not h.progress({"percentage": 80.0}, node_changed=True)
+    h.resume_progress()                                   # start 2
+    assert h.progress({"percentage": 10.0}, node_changed=True)
+    deadline = time.monotonic() + 5
+    while not api.calls and time.monotonic() < deadline:
+        time.sleep(0.01)
+    final(h, completed_payload("local-v", []))
+    assert [c["status"] for c in api.calls] == ["processing", "completed"]

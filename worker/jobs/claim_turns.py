@@ -78,6 +78,7 @@ class SharedTurn:
 
     def __init__(self, ctx: Any, first_at: float, lock_path: str, seats: int = 1) -> None:
         self._next_at = ctx.RawValue("d", first_at)
+        self._not_before = ctx.RawValue("d", float("-inf"))   # a box-wide backoff no give_back undoes
         self._reserved = ctx.RawValue("b", 0)
         self._idle_at = ctx.RawArray("d", [float("-inf")] * max(1, seats))  # per seat: last idle ask
         self.lock_path = lock_path
@@ -104,15 +105,17 @@ class SharedTurn:
             if not prefetch:
                 self._idle_at[seat] = now
             others = max((at for i, at in enumerate(self._idle_at) if i != seat), default=float("-inf"))
-            turn = take_turn(self._next_at.value, bool(self._reserved.value), now, lease, prefetch, others)
+            next_at = max(self._next_at.value, self._not_before.value)
+            turn = take_turn(next_at, bool(self._reserved.value), now, lease, prefetch, others)
             if turn.go:
                 self._next_at.value, self._reserved.value = turn.next_at, 1
             return turn
 
     def postpone(self, next_at: float) -> None:
-        """Put the box's next claim off to ``next_at`` at the earliest (a turn handed on too soon)."""
+        """No claim of the box before ``next_at`` (a turn handed on too soon: the job was lost), whatever
+        the workers that claim meanwhile give back."""
         with self._locked():
-            self._next_at.value = max(self._next_at.value, next_at)
+            self._not_before.value = max(self._not_before.value, next_at)
 
     def give_back(self, next_at: float, got_job: bool = False, seat: int = 0) -> None:
         """End the turn; ``got_job``: the worker that had it is busy now, no longer idle."""

@@ -103,7 +103,7 @@ class JobRun:
             try:
                 result = self.follow_once() if resume else self.execute_once()
             except ComfyUnavailable as exc:
-                worker.slot_faulted = True
+                worker.lanes.faulted(self)
                 worker.comfy_lost()
                 worker.journal.note_error(self.seq, exc.message, worker.clock())
                 self.refund_unrun_start()
@@ -118,6 +118,7 @@ class JobRun:
                     plan = self.after_loss()          # a drain or a FATAL came while it waited, or time ran out
                     if plan.action == RERUN:
                         message, plan = worker.comfy_exit or exc.message, Plan(FAIL)
+                worker.slot_faulted = True      # the job ends for its slot's fault
                 if plan.action == LEAVE_OPEN:
                     return None
                 return failed_payload(job.job_id, f"{message} ({plan.reason})" if plan.reason else message,
@@ -153,6 +154,8 @@ class JobRun:
         worker, job = self.worker, self.job
         self.record = worker.journal.start_attempt(self.seq, worker.clock())
         self.ran = False
+        if self.hooks is not None:
+            self.hooks.resume_progress()          # a new start reports progress again, tail included
         request = ExecutionRequest(workflow=job.workflow, inputs=job.images, node_weights=job.node_weights,
                                    key_prefix=job.job_id, prompt_id=f"{job.job_id}-{uuid.uuid4().hex[:12]}",
                                    label=job.job_id)
@@ -188,6 +191,8 @@ class JobRun:
             self.worker.lanes.started(self)
         elif step == "execution_ended":
             self.worker.lanes.release(self)
+            if data.get("outcome") == "succeeded":
+                self.worker.lanes.recovered(self)
         elif step == "progress_tail" and self.hooks is not None:
             self.hooks.end_progress()
         elif step == "inputs_uploaded":

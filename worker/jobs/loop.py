@@ -92,7 +92,8 @@ class Worker:
         self.stopping = threading.Event()
         self.comfy_ready = threading.Event()
         self.comfy_exit: str | None = None       # why ComfyUI is gone, while it is
-        self.current_jobs: dict[str, None] = {}     # job ids in flight on this slot, oldest first
+        self._current_jobs: dict[str, None] = {}    # job ids in flight on this slot, oldest first ...
+        self._jobs_lock = threading.Lock()          # ... read by the heartbeat and command threads
         self.slot_faulted = False                # the last job to end failed for a reason not its own
         self.progress_types: set[str] = set()    # node types seen reporting progress, for every job
         self.pacing = pc.Pacing(config.api.poll_interval, config.api.backoff_cap,
@@ -110,13 +111,21 @@ class Worker:
     @property
     def current_job(self) -> str | None:
         """The oldest job in flight (the one executing, when two are)."""
-        return next(iter(self.current_jobs), None)
+        with self._jobs_lock:
+            return next(iter(self._current_jobs), None)
+
+    @property
+    def current_jobs(self) -> list[str]:
+        with self._jobs_lock:
+            return list(self._current_jobs)
 
     def job_began(self, job_id: str) -> None:
-        self.current_jobs[job_id] = None
+        with self._jobs_lock:
+            self._current_jobs[job_id] = None
 
     def job_ended(self, job_id: str) -> None:
-        self.current_jobs.pop(job_id, None)
+        with self._jobs_lock:
+            self._current_jobs.pop(job_id, None)
 
     # ---- commands and signals (any thread) -------------------------------------------------------
     def handle_command(self, command: Command) -> None:
@@ -242,7 +251,8 @@ class Worker:
         otherwise waits until a job moves (or a second) and returns None."""
         self.lanes.raise_failure()
         jobs = self.config.jobs
-        kind = claim_kind(self.lanes.load(), jobs.prefetch, jobs.prefetch_window, self.slot_faulted)
+        load = self.lanes.load()
+        kind = claim_kind(load, jobs.prefetch, jobs.prefetch_window, self.slot_faulted or load.faulted)
         if kind is None:
             self.lanes.wait(1.0)
         return kind
@@ -256,7 +266,7 @@ class Worker:
         if kind is None or not self.take_turn(prefetch=kind == PREFETCH):
             return
         outcome, task = self.claim()
-        handed_on = self.turn is not None and outcome == pc.JOB
+        handed_on = self.turn is not None and outcome == pc.JOB and not isinstance(task, LostTask)
         if handed_on:
             self.turn.give_back(time.monotonic(), got_job=True)
         after: list[Callable[[], None]] = []

@@ -39,6 +39,7 @@ class SlotLoad:
     on_gpu: int                  # jobs queued on or running on ComfyUI (or about to be)
     delivering: int              # jobs past the GPU, storing outputs or sending their final webhook
     head_left: float | None      # estimated seconds left of the oldest job on the GPU (None: not known)
+    faulted: bool = False        # a job in flight lost its ComfyUI and has not completed since
 
 
 def time_left(base: float, percentage: float, elapsed: float) -> float | None:
@@ -77,6 +78,7 @@ def slot_fault(exc: BaseException | None) -> bool:
 @dataclass
 class _Lane:
     on_gpu: bool = True
+    faulted: bool = False               # its ComfyUI went away under it (it waits, or starts again)
     started: bool = False               # ComfyUI took up its prompt
     base: tuple[float, float] | None = None   # (monotonic time, percentage) at its first in-node step
     percentage: float = 0.0
@@ -109,7 +111,8 @@ class JobLanes:
             if head is not None and head.started and head.base is not None:
                 at, base = head.base
                 left = time_left(base, head.percentage, self.clock() - at)
-            return SlotLoad(len(on_gpu), len(self._lanes) - len(on_gpu), left)
+            return SlotLoad(len(on_gpu), len(self._lanes) - len(on_gpu), left,
+                            any(lane.faulted for lane in self._lanes.values()))
 
     def busy(self) -> bool:
         with self._cond:
@@ -153,6 +156,15 @@ class JobLanes:
     def started(self, key: Hashable) -> None:
         """ComfyUI took up the job's prompt (a new start counts anew)."""
         self._update(key, started=True, base=None, percentage=0.0)
+
+    def faulted(self, key: Hashable) -> None:
+        """The job's ComfyUI went away under it: what was measured of this start no longer holds, and
+        nothing is prefetched behind it until it completes."""
+        self._update(key, faulted=True, started=False, base=None, percentage=0.0)
+
+    def recovered(self, key: Hashable) -> None:
+        """The job got past its fault (its prompt ended on a ComfyUI that was back)."""
+        self._update(key, faulted=False)
 
     def progressed(self, key: Hashable, percentage: float, in_node: bool) -> None:
         """The job's weighted percentage moved; ``in_node``: by a step inside a node (a sampler's)."""

@@ -133,6 +133,7 @@ class JobWebhooks:
         self._cond = threading.Condition()
         self._pending: dict | None = None
         self._closed = False
+        self._quiet = False
         self._last_sent: float | None = None
         self._thread = threading.Thread(target=self._progress_loop, daemon=True,
                                         name=f"progress-{job_id}")
@@ -150,7 +151,7 @@ class JobWebhooks:
     def progress(self, snapshot: dict, node_changed: bool) -> bool:
         """Offer a progress snapshot; True when it is due and will be sent (replacing an older one)."""
         with self._cond:
-            if self._closed or not progress_due(self._last_sent, time.monotonic(),
+            if self._closed or self._quiet or not progress_due(self._last_sent, time.monotonic(),
                                                 self.progress_interval, node_changed):
                 return False
             self._last_sent = time.monotonic()
@@ -178,15 +179,22 @@ class JobWebhooks:
             log.debug("job %s: progress webhook answered %s", self.job_id, answer.status)
 
     def end_progress(self) -> None:
-        """Send no more progress (one in flight goes on; :meth:`stop_progress` waits for it)."""
+        """Send no more progress for now (the tail of a start; one in flight goes on, and
+        :meth:`stop_progress` waits for it); :meth:`resume_progress` takes it back for a new start."""
+        with self._cond:
+            self._quiet = True
+            self._pending = None
+
+    def resume_progress(self) -> None:
+        with self._cond:
+            self._quiet = False
+
+    def stop_progress(self) -> None:
+        """No progress webhook leaves after this returns (one in flight is waited for)."""
         with self._cond:
             self._closed = True
             self._pending = None
             self._cond.notify()
-
-    def stop_progress(self) -> None:
-        """No progress webhook leaves after this returns (one in flight is waited for)."""
-        self.end_progress()
         if self._thread is threading.current_thread():
             return
         self._thread.join(timeout=sum(self.progress_timeout) + 1)   # longer than any one progress request
