@@ -11,12 +11,13 @@ from worker.jobs.pipeline import (IDLE, MAX_DELIVERING, PREFETCH, JobLanes, Slot
                                   time_left)
 
 
-def test_time_left_follows_the_weighted_rate_since_the_first_sampler_step():
-    assert time_left(10.0, 10.0, 3.0) is None            # one step seen: no rate yet
+def test_time_left_counts_the_points_since_the_sampler_began_over_the_time_since_the_prompt_began():
+    assert time_left(10.0, 10.0, 3.0) is None            # one step seen: no gain yet
     assert time_left(10.0, 40.0, 3.0) == pytest.approx(6.0)   # 30 points in 3 s, 60 to go
     assert time_left(10.0, 80.0, 7.0) == pytest.approx(2.0)
     assert time_left(10.0, 100.0, 7.0) == 0.0
     assert time_left(10.0, 40.0, -1.0) is None           # a clock step back gives no estimate
+    assert time_left(10.0, 11.0, 3.0) == pytest.approx(267.0)   # two frames at once: no fast rate
 
 
 @pytest.mark.parametrize("load, prefetch, faulted, expected", [
@@ -60,8 +61,8 @@ def test_lanes_track_the_gpu_and_the_deliveries():
     assert lanes.load().head_left is None
     clock.now += 1.0
     lanes.progressed("a", 20.0, in_node=True)             # the sampler's first step: the base
-    clock.now += 6.0
-    lanes.progressed("a", 80.0, in_node=True)             # 60 points in 6 s: 2 s to go
+    clock.now += 5.0
+    lanes.progressed("a", 80.0, in_node=True)             # 60 points in the 6 s since the start: 2 s to go
     assert lanes.load().head_left == pytest.approx(2.0)
     clock.now += 6.0                                      # no frame since: the rate falls, the estimate grows
     assert lanes.load().head_left == pytest.approx(4.0)
@@ -119,7 +120,7 @@ def test_a_job_whose_comfyui_went_away_forgets_its_estimate_and_blocks_prefetch_
     lanes.progressed("a", 20.0, in_node=True)
     clock.now += 4.0
     lanes.progressed("a", 95.0, in_node=True)
-    assert lanes.load().head_left is not None and not lanes.load().faulted
+    assert lanes.load().head_left == pytest.approx(4.0 * 5 / 75) and not lanes.load().faulted
     lanes.faulted("a")                                    # ComfyUI died at 95 %: it starts again from 0
     assert lanes.load().head_left is None and lanes.load().faulted
     lanes.started("a")

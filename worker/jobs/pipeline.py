@@ -5,8 +5,9 @@ A slot's jobs overlap, so that the worker's own time hides behind the GPU:
 * **deliver behind the GPU** — a job lets go of the GPU at ``execution_success`` (or its failure): its
   outputs are fetched and stored and its final webhook sent while the next job executes;
 * **prefetch** (``jobs.prefetch``) — once the running job's estimated time left (:func:`time_left`: the
-  weighted progress still to come at the rate measured since its first sampler step, so the nodes after
-  the sampler count by their weights) is under ``jobs.prefetch_window``, the
+  weighted progress still to come, at the rate of the points gained since its sampler's first step over
+  the time since ComfyUI took the prompt up, so the nodes after the sampler count by their weights) is
+  under ``jobs.prefetch_window``, the
   next job is claimed, its inputs uploaded and its prompt queued on ComfyUI behind the running one, which
   starts it the moment the running one ends. Never earlier: a job claimed minutes before its GPU can run
   it is a job an idle GPU elsewhere in the fleet could have had.
@@ -43,11 +44,12 @@ class SlotLoad:
 
 
 def time_left(base: float, percentage: float, elapsed: float) -> float | None:
-    """Seconds left of a prompt now at ``percentage`` (weighted), ``elapsed`` seconds after it stood at
-    ``base`` (its first step inside a node that reports progress), at the rate since then; None while
-    there is no rate yet (pure). The loaders before the sampler are not counted: they are quick for
-    their weight here and can be slow for it on a GPU, so they say nothing of the rest. Without a new
-    frame the rate falls as time passes, and the estimate grows."""
+    """Seconds left of a prompt now at ``percentage`` (weighted), ``elapsed`` seconds after ComfyUI took
+    it up, counting as progress only the points gained since ``base`` (where it stood at its first step
+    inside a node that reports progress, a sampler's); None while there is no such gain yet (pure).
+    The loaders' points are left out (quick for their weight here, slow on a GPU's first job: they say
+    nothing of the rest) but not their time, and two frames that arrive together cannot fake a fast rate:
+    the estimate errs long, never short. Without a new frame it grows as time passes."""
     if percentage >= 100.0:
         return 0.0
     gained = percentage - base
@@ -80,7 +82,8 @@ class _Lane:
     on_gpu: bool = True
     faulted: bool = False               # its ComfyUI went away under it (it waits, or starts again)
     started: bool = False               # ComfyUI took up its prompt
-    base: tuple[float, float] | None = None   # (monotonic time, percentage) at its first in-node step
+    started_at: float = 0.0             # monotonic time ComfyUI took it up
+    base: float | None = None           # its percentage at its first step inside a node (a sampler's)
     percentage: float = 0.0
 
 
@@ -109,8 +112,7 @@ class JobLanes:
             head = on_gpu[0] if on_gpu else None
             left = None
             if head is not None and head.started and head.base is not None:
-                at, base = head.base
-                left = time_left(base, head.percentage, self.clock() - at)
+                left = time_left(head.base, head.percentage, self.clock() - head.started_at)
             return SlotLoad(len(on_gpu), len(self._lanes) - len(on_gpu), left,
                             any(lane.faulted for lane in self._lanes.values()))
 
@@ -155,7 +157,7 @@ class JobLanes:
     # ---- the job's side (any key not started here, e.g. a recovered job, is ignored) ----------------
     def started(self, key: Hashable) -> None:
         """ComfyUI took up the job's prompt (a new start counts anew)."""
-        self._update(key, started=True, base=None, percentage=0.0)
+        self._update(key, started=True, started_at=self.clock(), base=None, percentage=0.0)
 
     def faulted(self, key: Hashable) -> None:
         """The job's ComfyUI went away under it: what was measured of this start no longer holds, and
@@ -174,7 +176,7 @@ class JobLanes:
                 return
             lane.percentage = percentage
             if in_node and lane.base is None:
-                lane.base = (self.clock(), percentage)
+                lane.base = percentage
             self._cond.notify_all()
 
     def release(self, key: Hashable) -> None:
