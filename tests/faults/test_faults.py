@@ -240,6 +240,21 @@ def test_s3_unreachable_for_a_while_within_retry_for_then_back(own_gma, rig):
     stop(sup)
 
 
+@pytest.mark.timeout(150)
+def test_a_job_storing_its_outputs_when_the_next_one_crashes_comfyui_is_not_run_again(own_gma, rig):
+    r = rig(own_gma)
+    sup, done = job_behind_s3_gate(r, "down")             # its outputs wait for S3 after its prompt ended
+    crasher = own_gma.add_job(template="i2v", patch={"44": {"_meta": {"sim": {"crash": True}}}})
+    wait_until(lambda: re.search(rf"local-{done}/\S+: S3 upload of .* failed", sup.output()), 60, 0.05,
+               "the first job's upload failing")
+    wait_until(lambda: sup.output().count("ComfyUI ready at") >= 2, 60, 0.05,
+               "ComfyUI crashed by the next job and back")
+    r.gate.set_mode("open")
+    r.check_promise({done: "completed", crasher: "failed"}, timeout=120)
+    assert len(r.executions(done)) == 1, "its prompt ran once: its files were fetched again, not remade"
+    stop(sup)
+
+
 @pytest.mark.timeout(120)
 def test_s3_refusing_the_bucket_fails_the_job_at_once(own_gma, rig):
     r = rig(own_gma)
