@@ -101,7 +101,7 @@ def test_no_progress_is_sent_once_only_decoding_and_saving_are_left(gmanimato, p
     sup, comfy_url = start(processes, tmp_path, gmanimato, webhook={"progress_interval": 0.05})
     gmanimato.faults(progress_delay=0.3)                     # a slow progress endpoint
     try:
-        ids = [gmanimato.add_job(template="i2v", patch=sampler(6, 0.05)) for _ in range(3)]
+        ids = [gmanimato.add_job(template="i2v", patch=sampler(12, 0.05)) for _ in range(3)]   # 0.6 s: 2 rounds
         gmanimato.wait_final(ids, timeout=60)
     finally:
         gmanimato.faults(clear=True)
