@@ -101,7 +101,11 @@ def test_no_progress_is_sent_once_only_decoding_and_saving_are_left(gmanimato, p
     sup, comfy_url = start(processes, tmp_path, gmanimato, webhook={"progress_interval": 0.05})
     gmanimato.faults(progress_delay=0.3)                     # a slow progress endpoint
     try:
-        ids = [gmanimato.add_job(template="i2v", patch=sampler(12, 0.05)) for _ in range(3)]   # 0.6 s: 2 rounds
+        # the sampler outlasts one slow progress round; decoding and encoding take 0.9 s, as captured on a
+        # GPU: long enough for progress webhooks naming them to go out, were they sent
+        patch = {**sampler(12, 0.05), "4": {"_meta": {"sim": {"sleep": 0.127}}},
+                 "16": {"_meta": {"sim": {"sleep": 0.794}}}}
+        ids = [gmanimato.add_job(template="i2v", patch=patch) for _ in range(3)]
         gmanimato.wait_final(ids, timeout=60)
     finally:
         gmanimato.faults(clear=True)
