@@ -12,13 +12,14 @@ a job this process was running when it died is recovered at its next start.
 """
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 
 import click
 
 from worker import exits
-from worker.config import ConfigError, comfy_base_url, load_config
+from worker.config import ConfigError, comfy_base_url, load_config, log_overrides
 from worker.folder_lock import FolderBusy, hold_folder
 from worker.jobs.loop import SlotSpec, Worker, install_drain_signals
 from worker.journal.store import JournalError
@@ -50,6 +51,7 @@ def main(api_url: str | None, poll_interval: float | None, max_retries: int | No
         click.echo(f"config error: {exc}", err=True)
         sys.exit(exits.EXIT_CONFIG)
     setup_logging("local-worker", config.logging.level, config.logging.format, config.secrets())
+    log_overrides(logging.getLogger("local_worker"), config_path, overrides)
     try:
         lock = hold_folder(config.state_path, "state_dir")   # noqa: F841 (held until the process ends)
         check_journal(config, [SLOT])

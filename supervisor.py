@@ -8,12 +8,13 @@ Parses flags, loads the config, builds the Supervisor, runs it, exits with a nam
 """
 from __future__ import annotations
 
+import logging
 import sys
 
 import click
 
 from worker import exits
-from worker.config import ConfigError, load_config
+from worker.config import ConfigError, load_config, log_overrides
 from worker.logs import setup_logging
 
 
@@ -43,6 +44,7 @@ def run_supervisor(config_path: str | None, overrides: dict) -> int:
     try:
         config = load_config(config_path, overrides=overrides)
         setup_logging("supervisor", config.logging.level, config.logging.format, config.secrets())
+        log_overrides(logging.getLogger("supervisor"), config_path, overrides)
         box = prepare_box(config)
     except ConfigError as exc:
         click.echo(f"config error: {exc}", err=True)

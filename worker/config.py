@@ -308,6 +308,44 @@ def _env_items(env: Mapping[str, str]) -> dict[str, tuple[str, Any]]:
     return items
 
 
+SECRET_KEYS = frozenset({"api.secret", "storage.s3.access_key_id", "storage.s3.secret_access_key",
+                         "webhook.signing_secret"})
+
+
+def describe_overrides(path: str | os.PathLike | None, env: Mapping[str, str] | None = None,
+                       overrides: Mapping[str, Any] | None = None) -> list[tuple[bool, str]]:
+    """Each value that came from the environment or a flag rather than the file, as ``(overrides the
+    file, line)``: "comfy.mode=attach from COMFY_HOST, overriding config.yaml". Secret values are not
+    shown. Call it after :func:`load_config` succeeded (the file is known to be readable)."""
+    env = os.environ if env is None else env
+    tree = _read_file(path) if path else {}
+    flags = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
+    sources = {dotted: (f"from {name}", value) for dotted, (name, value) in _env_items(env).items()}
+    sources.update({dotted: ("from the command line", value) for dotted, value in flags.items()})
+    lines = []
+    for dotted, (where, value) in sorted(sources.items()):
+        shown = "(hidden)" if dotted in SECRET_KEYS else _show.repr(value) if not isinstance(value, str) else value
+        in_file = _has_dotted(tree, dotted)
+        lines.append((in_file, f"{dotted}={shown} {where}" + (f", overriding {Path(path).name}" if in_file else "")))
+    return lines
+
+
+def log_overrides(logger: Any, path: str | os.PathLike | None, overrides: Mapping[str, Any] | None = None) -> None:
+    """Name at start every value the environment or a flag set: a warning when it overrides the file
+    (``COMFY_HOST`` left from the original worker's unit turns a start-mode config into attach mode)."""
+    for overriding, line in describe_overrides(path, overrides=overrides):
+        (logger.warning if overriding else logger.info)("Config: %s", line)
+
+
+def _has_dotted(tree: Mapping, dotted: str) -> bool:
+    node: Any = tree
+    for part in dotted.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
     return {dotted: value for dotted, (_, value) in _env_items(env).items()}
 

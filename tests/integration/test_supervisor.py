@@ -358,3 +358,32 @@ def test_an_idle_box_makes_one_claim_per_poll_interval_whatever_its_gpu_count(gm
     vid = gmanimato.add_job(template="i2v")                                   # a job is still taken at once
     assert gmanimato.wait_final([vid])[vid]["status"] == "completed"
     stop_clean(sup)
+
+
+@pytest.mark.timeout(60)
+def test_comfy_host_left_in_the_environment_is_named_as_overriding_the_config(gmanimato, processes, tmp_path):
+    address = f"127.0.0.1:{free_port()}"                   # nothing answers there
+    tree = gpu_config(gmanimato, tmp_path)                 # comfy.mode: start in the file
+    sup = start_supervisor(processes, tmp_path, tree, "1", env={"COMFY_HOST": address})
+    wait_until(lambda: "comfy.mode=attach from COMFY_HOST, overriding supervisor.yaml" in sup.output(), 30, 0.05,
+               "the override named at start")
+    assert f"comfy.attach=['{address}'] from COMFY_HOST" in sup.output()
+    assert "started ComfyUI" not in sup.output()           # attach mode: nothing is started
+    stop_clean(sup)
+
+
+@pytest.mark.timeout(90)
+def test_an_attached_comfyui_that_does_not_answer_is_said_once_then_slowly_then_when_back(
+        gmanimato, processes, tmp_path):
+    port = free_port()                                     # nothing answers there yet
+    tree = gpu_config(gmanimato, tmp_path, supervisor={"probe_timeout": 1},
+                      comfy={"mode": "attach", "attach": [f"127.0.0.1:{port}"]})
+    sup = start_supervisor(processes, tmp_path, tree, "0")
+    wait_until(lambda: "still does not answer" in sup.output(), 30, 0.05, "the outage said again")
+    gone = f"slot0: attached ComfyUI at http://127.0.0.1:{port} does not answer; this slot claims no job until it does"
+    assert sup.output().count(gone) == 1
+    processes.start("comfyui", comfy_sim_command("--port", str(port), "--cpu"))
+    wait_until(lambda: "answers again, after" in sup.output(), 30, 0.05, "its return said")
+    vid = gmanimato.add_job(template="i2v")
+    assert gmanimato.wait_final([vid], timeout=60)[vid]["status"] == "completed"
+    stop_clean(sup)

@@ -321,3 +321,18 @@ def test_supervisor_bad_env_exits_2_with_one_line(tmp_path):
                             capture_output=True, text=True, timeout=60)
     assert_config_exit(result, "api.poll_interval: must be > 0 and <= 2592000 (30 days), got 1e+300 "
                                "(from env WORKER_POLL_INTERVAL)")
+
+
+def test_values_from_the_environment_and_flags_are_named_with_what_they_override(tmp_path):
+    from worker.config import describe_overrides
+    path = tmp_path / "config.yaml"
+    path.write_text("api:\n  url: http://gm:5173\n  secret: from-file\ncomfy:\n  mode: start\n")
+    env = {"COMFY_HOST": "10.0.0.5:8188", "WORKER_TASK_SECRET": "s3cr3t-value", "WORKER_POLL_INTERVAL": "2"}
+    lines = describe_overrides(path, env, {"logging.level": "debug", "gpus": None})
+    assert (True, "comfy.mode=attach from COMFY_HOST, overriding config.yaml") in lines
+    assert (False, "comfy.attach=['10.0.0.5:8188'] from COMFY_HOST") in lines
+    assert (True, "api.secret=(hidden) from WORKER_TASK_SECRET, overriding config.yaml") in lines
+    assert (False, "api.poll_interval=2 from WORKER_POLL_INTERVAL") in lines
+    assert (False, "logging.level=debug from the command line") in lines
+    assert not any("s3cr3t" in line for _, line in lines) and len(lines) == 5
+    assert describe_overrides(path, {}, {}) == []

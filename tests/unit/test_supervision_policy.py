@@ -61,3 +61,11 @@ def test_state_table_refuses_illegal_moves():
     holder.set_state(S.FATAL)
     with pytest.raises(IllegalTransition, match="gpu0 comfyui: cannot go from fatal to starting"):
         holder.set_state(S.STARTING)
+
+
+def test_an_attached_comfyui_that_does_not_answer_is_named_once_then_at_a_slow_interval():
+    from worker.supervision.policy import silence_report
+    assert silence_report(None, 0.0, 100.0, 60.0) == "gone"
+    assert silence_report(100.0, 100.0, 130.0, 60.0) is None
+    assert silence_report(100.0, 100.0, 160.0, 60.0) == "still"
+    assert silence_report(100.0, 160.0, 200.0, 60.0) is None

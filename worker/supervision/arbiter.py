@@ -29,7 +29,7 @@ from worker.journal.store import Journal, JournalError
 from worker.reports import Command, Down, Report, Up
 from worker.supervision.children import ComfyProcess, SlotPlan, WorkerProcess
 from worker.supervision.notify import sd_notify
-from worker.supervision.policy import RestartPolicy, decide_restart
+from worker.supervision.policy import RestartPolicy, decide_restart, silence_report
 from worker.supervision.slots import assign_ports, port_is_free
 from worker.supervision.states import ChildState as S
 from worker.supervision.states import StateHolder
@@ -78,6 +78,8 @@ class Slot:
         self.generation = 0                 # bumped at each ComfyUI start; stale probes are ignored
         self.probe_generation = 0
         self.probe_failing_since: float | None = None
+        self.silent_since: float | None = None   # an attached ComfyUI has not answered since (said at ...)
+        self.silent_said_at = 0.0
         self.worker_waits_for_comfy = False
         self.fatal_reason = ""
         self.fatal_is_config = False
@@ -410,12 +412,17 @@ class Supervisor:
         if slot.comfy_state.state == S.STARTING:
             if ok:
                 slot.settled = True
+                if slot.silent_since is not None:
+                    log.warning("%s: attached ComfyUI at %s answers again, after %.0f s", slot.name,
+                                slot.plan.comfy_url, now - slot.silent_since)
+                    slot.silent_since = None
                 slot.comfy_state.set_state(S.RUNNING)
                 log.info("%s: ComfyUI ready at %s after %.1f s", slot.name, slot.plan.comfy_url,
                          now - slot.comfy.started_at)
                 self.tell_ready(slot)
             elif slot.comfy.attached:
                 slot.settled = True          # an attached ComfyUI that is down does not hold up READY=1
+                self.attached_silent(slot, now)
             elif now - slot.comfy.started_at > self.config.comfy.startup_timeout and not slot.kill_reason:
                 log.error("%s: ComfyUI did not answer within %g s (comfy.startup_timeout); killing it",
                           slot.name, self.config.comfy.startup_timeout)
@@ -433,6 +440,18 @@ class Supervisor:
         elif now - slot.probe_failing_since > self.config.supervisor.probe_timeout:
             self.comfy_unresponsive(slot, now)
 
+    def attached_silent(self, slot: Slot, now: float) -> None:
+        """Say that an attached ComfyUI does not answer: once, then every ``supervisor.probe_timeout``."""
+        said = silence_report(slot.silent_since, slot.silent_said_at, now, self.config.supervisor.probe_timeout)
+        if said == "gone":
+            slot.silent_since = slot.silent_said_at = now
+            log.warning("%s: attached ComfyUI at %s does not answer; this slot claims no job until it does "
+                        "(asking every %g s)", slot.name, slot.plan.comfy_url, self.config.supervisor.probe_interval)
+        elif said == "still":
+            slot.silent_said_at = now
+            log.warning("%s: attached ComfyUI at %s still does not answer, for %.0f s now", slot.name,
+                        slot.plan.comfy_url, now - (slot.silent_since or now))
+
     def comfy_unresponsive(self, slot: Slot, now: float) -> None:
         limit = self.config.supervisor.probe_timeout
         slot.probe_failing_since = None
@@ -443,6 +462,7 @@ class Supervisor:
                              f"ComfyUI at {slot.plan.comfy_url} stopped answering for {limit:g} s"}))
             slot.comfy_state.set_state(S.BACKOFF, "not answering")
             slot.comfy_restart_at = now      # "restart" = probe it again until it answers
+            slot.silent_since = slot.silent_said_at = now   # said: from now on, "still" and "again"
             return
         if slot.kill_reason:
             return

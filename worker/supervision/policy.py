@@ -45,3 +45,11 @@ def decide_restart(code: int | None, crash_times: Sequence[float], now: float, p
     streak = 1 if healthy_for >= policy.healthy_reset else len(recent)
     delay = backoff_delay(streak, policy.backoff_start, policy.backoff_cap, jitter=0.0)
     return Verdict("restart", delay, f"{describe_status(code)}; restarting in {delay:g} s")
+
+
+def silence_report(silent_since: float | None, said_at: float, now: float, repeat: float) -> str | None:
+    """What to say of an attached ComfyUI that does not answer, at ``now``: ``gone`` the first time,
+    ``still`` every ``repeat`` seconds while it stays away, None otherwise (pure)."""
+    if silent_since is None:
+        return "gone"
+    return "still" if now - said_at >= repeat else None
