@@ -369,6 +369,7 @@ def test_comfy_host_left_in_the_environment_is_named_as_overriding_the_config(gm
                "the override named at start")
     assert f"comfy.attach=['{address}'] from COMFY_HOST" in sup.output()
     assert "started ComfyUI" not in sup.output()           # attach mode: nothing is started
+    wait_until(lambda: "Start-up settled" in sup.output(), 30, 0.05, "start-up settled")   # signals handled
     stop_clean(sup)
 
 
