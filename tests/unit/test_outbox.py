@@ -123,3 +123,10 @@ def test_rows_left_by_a_dead_process_are_adopted_at_start(journal):
     finally:
         assert outbox.stop() == 0
     assert len(api.calls) == 1
+
+
+def test_the_journal_is_tidied_often_while_the_slot_is_idle_and_seldom_while_a_job_runs():
+    from worker.jobs.outbox import TIDY_BUSY_EVERY, TIDY_EVERY, tidy_due
+    assert tidy_due(TIDY_EVERY, busy=False) and not tidy_due(TIDY_EVERY - 1, busy=False)
+    assert not tidy_due(TIDY_EVERY, busy=True)            # a job's next write would wait behind it
+    assert tidy_due(TIDY_BUSY_EVERY, busy=True)
