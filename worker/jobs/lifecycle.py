@@ -118,7 +118,7 @@ class JobRun:
                     plan = self.after_loss()          # a drain or a FATAL came while it waited, or time ran out
                     if plan.action == RERUN:
                         message, plan = worker.comfy_exit or exc.message, Plan(FAIL)
-                worker.slot_faulted = True      # the job ends for its slot's fault
+                worker.slot_faulted = slot_fault(exc)     # the job ends: the rule is slot_fault's
                 if plan.action == LEAVE_OPEN:
                     return None
                 return failed_payload(job.job_id, f"{message} ({plan.reason})" if plan.reason else message,
@@ -128,9 +128,9 @@ class JobRun:
                 return failed_payload(job.job_id, exc.message, exc.details)
             except Exception as exc:  # a bug of ours: the job is still reported, with the cause
                 log.exception("job %s: unexpected error", job.job_id)
-                worker.slot_faulted = True
+                worker.slot_faulted = slot_fault(exc)
                 return failed_payload(job.job_id, f"internal worker error: {type(exc).__name__}: {exc}")
-            worker.slot_faulted = False
+            worker.slot_faulted = slot_fault(None)
             self.record = worker.journal.outputs_stored(self.seq, result.files, worker.clock())
             return completed_payload(job.job_id, result.files)
 
